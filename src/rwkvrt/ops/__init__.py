@@ -1,0 +1,1 @@
+"""Pure tensor functions. They know nothing of models, requests or files."""
