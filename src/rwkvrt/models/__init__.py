@@ -1,0 +1,1 @@
+"""Model definitions: configs read from checkpoints and forward passes for any T."""
