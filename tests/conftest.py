@@ -24,6 +24,27 @@ PARITY_SHAPES = [(2, 128, 1000), (3, 192, 301), (2, 64, 65536)]
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+def _triton_interpreter() -> bool:
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def kernel_device() -> str:
+    """Device for Triton kernel tests: "cuda" on a GPU; "cpu" when TRITON_INTERPRET=1 and triton is
+    installed (the interpreter runs kernels on CPU: correctness only, slow); otherwise the test skips."""
+    if torch.cuda.is_available():
+        return "cuda"
+    if _triton_interpreter():
+        return "cpu"
+    pytest.skip("needs a CUDA GPU (or TRITON_INTERPRET=1 with triton installed)")
+
+
 def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
     ours, ref = ours.double().cpu(), ref.double().cpu()
     return float((ours - ref).abs().max() / ref.std())
