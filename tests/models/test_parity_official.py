@@ -92,3 +92,23 @@ def test_fixture_reproduces_expected_logits():
     for t in (34, 105, 110):
         out, st = model.forward(t, st)
     assert np.abs(out.numpy() - expected).max() < 1e-5
+
+
+def test_cpu_bf16_close_to_official_fp32(ckpt_factory, official_factory):
+    """'cpu bf16': activations bf16, WKV state float32; GPT and RNN mode near the fp32 official logits."""
+    L, C, V = PARITY_SHAPES[0]
+    official = official_factory(L, C, V)
+    model = rwkvrt.load(ckpt_factory(L, C, V), "cpu bf16")
+    toks = _tokens(40, V, seed=3)
+    ref, _ = official.forward(toks, None, full_output=True)
+    out, state = model.forward(toks, None, full_output=True)
+    assert out.dtype == torch.bfloat16 and state.wkv.dtype == torch.float32
+    assert state.att_x.dtype == torch.bfloat16
+    err = rel_err(out[0], ref)
+    assert err < TOL[torch.bfloat16], err
+    st = None
+    for i, t in enumerate(toks):
+        step, st = model.forward(t, st)
+        assert rel_err(step[0], ref[i]) < TOL[torch.bfloat16], f"RNN step {i}"
+    agree = (out[0].float().argmax(-1) == ref.argmax(-1)).float().mean()
+    assert agree >= 0.9, agree
