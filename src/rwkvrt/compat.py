@@ -33,7 +33,10 @@ class RWKV(Model):
         """tokens: an int or a list of ints (one sequence). Returns (logits [V] or [T, V], state)."""
         t = self.tokens_tensor(tokens)
         if t.shape[0] != 1:
-            raise ValueError("RWKV.forward takes one sequence; use rwkvrt.load(...).forward for batches")
+            from .errors import TokenError
+
+            raise TokenError("RWKV.forward takes one sequence", expected="an int or a list of ints",
+                             got=f"{t.shape[0]} rows", fix="use rwkvrt.load(...).forward for batches")
         out, state = Model.forward.__wrapped__(self, t, state, full_output=full_output)
         return out[0], state
 
