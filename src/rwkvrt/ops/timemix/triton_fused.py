@@ -1,0 +1,296 @@
+"""The time-mix core in Triton: one launch per layer for decode, three for prefill.
+
+Same convention as ``rwkvrt.ops.timemix`` (see its docstring), plus slot addressing:
+
+    out, state = tmix_core_triton(r, w, k, v, a, g, state, *, k_k, k_a, r_k, ln_w, ln_b,
+                                  wkv=None, slots=None, block_v=None, num_warps=None)
+
+    r, w, k, v, a, g : [B, T, C] any float dtype (the activation dtype), unit stride along
+        C; the batch and time strides are free (views into a wider projection are fine).
+    state : [S, H, N, N] float32 contiguous pool, layout [slot, head, value, key], UPDATED
+        IN PLACE (rows ``slots`` only; the returned tensor is ``state`` itself).
+    slots : [B] integer tensor on state's device, the pool row of each batch row, distinct;
+        None means arange(B) (then S >= B and rows B.. are untouched).
+    wkv   : a wkv7 function (``rwkvrt.ops.wkv7`` convention) for the recurrence when
+        T > DECODE_MAX_T (e.g. a chunked kernel); None runs the fused step kernel for any T.
+    block_v, num_warps : launch knobs of the step kernel (value rows per program, warps);
+        None takes DECODE_BLOCK_V / DECODE_NUM_WARPS.
+    out   : [B, T, C] in r's dtype, new tensor; all internal math is float32.
+
+Step path (T <= DECODE_MAX_T, or wkv=None): grid (B*H, N // block_v); each program
+keeps a [block_v, N] block of one head's fp32 state in registers for the T steps and
+computes decay, kk normalisation, key update, state update and read-out. With
+block_v == N (the default) the same program also does the group norm, r_k bonus and
+gate: ONE launch per layer, whose only memory traffic is the inputs, the output and
+one read + one write of the state rows. With block_v < N the group norm needs the
+whole head, so the step kernel writes y (fp32 scratch) and the post-kernel finishes.
+
+Prefill path (T > DECODE_MAX_T and wkv given): pre-kernel (k', -kk, kk*a), ``wkv``,
+post-kernel (group norm, bonus, gate). With slots the recurrence runs on a gathered
+copy of the state rows that is scattered back (prefill is compute bound; the copy
+is H*N*N*4 bytes per row, negligible next to T tokens of matmuls).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..wkv7.reference import DECAY_SCALE
+from .reference import GROUP_NORM_EPS
+
+# Above this many tokens per call the recurrence goes to ``wkv`` (a chunked kernel wins there).
+DECODE_MAX_T = 16
+# Value rows per program of the step kernel. N (=64) keeps the whole head in one program so
+# the group norm fuses and decode is one launch; a head's state is 4096 fp32 = 32 registers
+# per thread at 4 warps. Tune on the device: 16/32 trade an extra launch for 4x/2x programs.
+DECODE_BLOCK_V = 64
+DECODE_NUM_WARPS = 4
+# Rows (tokens) per program of the pre/post kernels.
+PREFILL_BLOCK_T = 16
+# F.normalize's clamp on the norm.
+L2_EPS = 1e-12
+
+
+@triton.jit
+def tmix_step_fwd_kernel(
+        r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, g_ptr, out_ptr, state_ptr, slots_ptr,
+        kk_w_ptr, ka_ptr, rk_ptr, lnw_ptr, lnb_ptr,
+        srb, srt, swb, swt, skb, skt, svb, svt, sab, sat, sgb, sgt,
+        T, H, decay_scale, gn_eps, l2_eps,
+        HAS_SLOTS: tl.constexpr, FUSE_NORM: tl.constexpr, N: tl.constexpr,
+        BLOCK_V: tl.constexpr):
+    """Grid (B*H, N // BLOCK_V). FUSE_NORM (BLOCK_V == N): out = final output in out's dtype;
+    else out is an fp32 [B, T, C] scratch receiving y (the raw read-out) for these rows."""
+    pid = tl.program_id(0)
+    vb = tl.program_id(1)
+    b = pid // H
+    h = pid % H
+    if HAS_SLOTS:
+        slot = tl.load(slots_ptr + b).to(tl.int64)
+    else:
+        slot = b.to(tl.int64)
+    b = b.to(tl.int64)
+    # i: value rows of this program (state rows, output channels); j: keys (state columns)
+    i = vb * BLOCK_V + tl.arange(0, BLOCK_V)
+    j = tl.arange(0, N)
+    cj = h * N + j
+    ci = h * N + i
+    s_ptrs = state_ptr + (slot * H + h) * (N * N) + i[:, None] * N + j[None, :]
+    S = tl.load(s_ptrs)
+    kk_w = tl.load(kk_w_ptr + cj).to(tl.float32)
+    k_a = tl.load(ka_ptr + cj).to(tl.float32)
+    if FUSE_NORM:
+        r_k = tl.load(rk_ptr + cj).to(tl.float32)
+        ln_w = tl.load(lnw_ptr + ci).to(tl.float32)
+        ln_b = tl.load(lnb_ptr + ci).to(tl.float32)
+    C = H * N
+    # pointers advance by the time strides (64-bit pointer arithmetic, no t * stride overflow)
+    r_p = r_ptr + b * srb + cj
+    w_p = w_ptr + b * swb + cj
+    k_p = k_ptr + b * skb + cj
+    a_p = a_ptr + b * sab + cj
+    v_p = v_ptr + b * svb + ci
+    g_p = g_ptr + b * sgb + ci
+    o_p = out_ptr + b * T * C + ci
+    # a while loop: the Triton 3.6 interpreter cannot iterate range(T) over a runtime scalar
+    t = 0
+    while t < T:
+        r = tl.load(r_p).to(tl.float32)
+        w = tl.load(w_p).to(tl.float32)
+        k = tl.load(k_p).to(tl.float32)
+        a = tl.load(a_p).to(tl.float32)
+        v = tl.load(v_p).to(tl.float32)
+        decay = tl.exp(-decay_scale * tl.sigmoid(w))
+        kk = k * kk_w
+        kk = kk / tl.maximum(tl.sqrt(tl.sum(kk * kk, axis=0)), l2_eps)
+        kp = k * (1.0 + (a - 1.0) * k_a)
+        # S = S*decay + (S @ -kk) (kk*a)^T + v k'^T ; y = S @ r
+        sa = tl.sum(S * kk[None, :], axis=1)
+        S = S * decay[None, :] - sa[:, None] * (kk * a)[None, :] + v[:, None] * kp[None, :]
+        y = tl.sum(S * r[None, :], axis=1)
+        if FUSE_NORM:
+            g = tl.load(g_p).to(tl.float32)
+            mean = tl.sum(y, axis=0) / N
+            d = y - mean
+            var = tl.sum(d * d, axis=0) / N
+            yn = d / tl.sqrt(var + gn_eps) * ln_w + ln_b
+            bonus = tl.sum(r * kp * r_k, axis=0)
+            o = (yn + bonus * v) * g
+            tl.store(o_p, o.to(out_ptr.dtype.element_ty))
+        else:
+            tl.store(o_p, y)
+        r_p += srt
+        w_p += swt
+        k_p += skt
+        a_p += sat
+        v_p += svt
+        g_p += sgt
+        o_p += C
+        t += 1
+    tl.store(s_ptrs, S)
+
+
+@triton.jit
+def tmix_pre_fwd_kernel(
+        k_ptr, a_ptr, kk_w_ptr, ka_ptr, kp_ptr, nkk_ptr, kka_ptr,
+        skb, skt, sab, sat,
+        BT, T, H, l2_eps,
+        BLOCK_T: tl.constexpr, N: tl.constexpr):
+    """Grid (cdiv(B*T, BLOCK_T), H): k' = k*(1+(a-1)*k_a), -kk, kk*a -> contiguous [B,T,H,N]."""
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    rows = (pid * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
+    rmask = rows < BT
+    b = rows // T
+    t = rows % T
+    j = tl.arange(0, N)
+    cj = h * N + j
+    m2 = rmask[:, None]
+    k = tl.load(k_ptr + (b * skb + t * skt)[:, None] + cj[None, :], mask=m2, other=0.0).to(tl.float32)
+    a = tl.load(a_ptr + (b * sab + t * sat)[:, None] + cj[None, :], mask=m2, other=0.0).to(tl.float32)
+    kk_w = tl.load(kk_w_ptr + cj).to(tl.float32)
+    k_a = tl.load(ka_ptr + cj).to(tl.float32)
+    kk = k * kk_w[None, :]
+    kk = kk / tl.maximum(tl.sqrt(tl.sum(kk * kk, axis=1)), l2_eps)[:, None]
+    kp = k * (1.0 + (a - 1.0) * k_a[None, :])
+    o = rows[:, None] * (H * N) + cj[None, :]
+    ty = kp_ptr.dtype.element_ty
+    tl.store(kp_ptr + o, kp.to(ty), mask=m2)
+    tl.store(nkk_ptr + o, (-kk).to(ty), mask=m2)
+    tl.store(kka_ptr + o, (kk * a).to(ty), mask=m2)
+
+
+@triton.jit
+def tmix_post_fwd_kernel(
+        y_ptr, r_ptr, k_ptr, v_ptr, a_ptr, g_ptr, ka_ptr, rk_ptr, lnw_ptr, lnb_ptr, out_ptr,
+        syb, syt, srb, srt, skb, skt, svb, svt, sab, sat, sgb, sgt,
+        BT, T, H, gn_eps,
+        BLOCK_T: tl.constexpr, N: tl.constexpr):
+    """Grid (cdiv(B*T, BLOCK_T), H): out = (group_norm(y)*ln_w + ln_b + sum(r*k'*r_k)*v) * g."""
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    rows = (pid * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
+    rmask = rows < BT
+    b = rows // T
+    t = rows % T
+    j = tl.arange(0, N)
+    cj = (h * N + j)[None, :]
+    m2 = rmask[:, None]
+    y = tl.load(y_ptr + (b * syb + t * syt)[:, None] + cj, mask=m2, other=0.0).to(tl.float32)
+    r = tl.load(r_ptr + (b * srb + t * srt)[:, None] + cj, mask=m2, other=0.0).to(tl.float32)
+    k = tl.load(k_ptr + (b * skb + t * skt)[:, None] + cj, mask=m2, other=0.0).to(tl.float32)
+    v = tl.load(v_ptr + (b * svb + t * svt)[:, None] + cj, mask=m2, other=0.0).to(tl.float32)
+    a = tl.load(a_ptr + (b * sab + t * sat)[:, None] + cj, mask=m2, other=0.0).to(tl.float32)
+    g = tl.load(g_ptr + (b * sgb + t * sgt)[:, None] + cj, mask=m2, other=0.0).to(tl.float32)
+    k_a = tl.load(ka_ptr + cj).to(tl.float32)
+    r_k = tl.load(rk_ptr + cj).to(tl.float32)
+    ln_w = tl.load(lnw_ptr + cj).to(tl.float32)
+    ln_b = tl.load(lnb_ptr + cj).to(tl.float32)
+    # k' recomputed in fp32 rather than read back rounded from the pre-kernel
+    kp = k * (1.0 + (a - 1.0) * k_a)
+    mean = tl.sum(y, axis=1) / N
+    d = y - mean[:, None]
+    var = tl.sum(d * d, axis=1) / N
+    yn = d / tl.sqrt(var + gn_eps)[:, None] * ln_w + ln_b
+    bonus = tl.sum(r * kp * r_k, axis=1)
+    o = (yn + bonus[:, None] * v) * g
+    tl.store(out_ptr + rows[:, None] * (H * N) + cj, o.to(out_ptr.dtype.element_ty), mask=m2)
+
+
+def _bt_strides(*ts: torch.Tensor) -> list[int]:
+    """Batch and time strides of each [B, T, C] tensor (unit stride along C is required)."""
+    out: list[int] = []
+    for t in ts:
+        assert t.stride(-1) == 1, "activations need unit stride along C"
+        out += [t.stride(0), t.stride(1)]
+    return out
+
+
+def _unit_c(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _params(k_k, k_a, r_k, ln_w, ln_b):
+    return tuple(p.reshape(-1).contiguous() for p in (k_k, k_a, r_k, ln_w, ln_b))
+
+
+def _post(y, r, k, v, a, g, params, out, H: int, N: int):
+    """Post-kernel launch: y [B, T, C] (unit C stride, any float dtype) -> out [B, T, C] contiguous."""
+    B, T, _ = r.shape
+    _, k_a, r_k, ln_w, ln_b = params
+    grid = (triton.cdiv(B * T, PREFILL_BLOCK_T), H)
+    tmix_post_fwd_kernel[grid](
+        y, r, k, v, a, g, k_a, r_k, ln_w, ln_b, out, *_bt_strides(y, r, k, v, a, g),
+        B * T, T, H, GROUP_NORM_EPS, BLOCK_T=PREFILL_BLOCK_T, N=N, num_warps=4)
+    return out
+
+
+def _step(r, w, k, v, a, g, state, slots, params, block_v: int, num_warps: int):
+    """The step path; ``state`` rows are updated in place. One launch when block_v == N."""
+    B, T, C = r.shape
+    H, N = state.shape[1], state.shape[-1]
+    out = torch.empty((B, T, C), device=r.device, dtype=r.dtype)
+    fuse = block_v == N
+    # the split path's raw read-out, kept in fp32 so the group norm sees unrounded y
+    y = out if fuse else torch.empty((B, T, C), device=r.device, dtype=torch.float32)
+    kk_w, k_a, r_k, ln_w, ln_b = params
+    tmix_step_fwd_kernel[(B * H, N // block_v)](
+        r, w, k, v, a, g, y, state, slots if slots is not None else state,
+        kk_w, k_a, r_k, ln_w, ln_b, *_bt_strides(r, w, k, v, a, g),
+        T, H, DECAY_SCALE, GROUP_NORM_EPS, L2_EPS,
+        HAS_SLOTS=slots is not None, FUSE_NORM=fuse, N=N, BLOCK_V=block_v, num_warps=num_warps)
+    if not fuse:
+        _post(y, r, k, v, a, g, params, out, H, N)
+    return out
+
+
+def _prefill(r, w, k, v, a, g, state, slots, params, wkv):
+    """Pre-kernel, ``wkv`` recurrence, post-kernel; ``state`` rows are updated in place."""
+    B, T, C = r.shape
+    H, N = state.shape[1], state.shape[-1]
+    kk_w, k_a, _, _, _ = params
+    kp, nkk, kka = (torch.empty((B, T, H, N), device=r.device, dtype=r.dtype) for _ in range(3))
+    grid = (triton.cdiv(B * T, PREFILL_BLOCK_T), H)
+    tmix_pre_fwd_kernel[grid](
+        k, a, kk_w, k_a, kp, nkk, kka, *_bt_strides(k, a),
+        B * T, T, H, L2_EPS, BLOCK_T=PREFILL_BLOCK_T, N=N, num_warps=4)
+    # the wkv convention has every input in the activation dtype, [B, T, H, N]
+    heads = lambda t: t.to(r.dtype).reshape(B, T, H, N)  # noqa: E731
+    s_in = state if slots is None else state.index_select(0, slots)
+    y, s_out = wkv(heads(r), heads(w), kp, heads(v), nkk, kka, s_in)
+    if slots is None:
+        if s_out is not state:
+            state.copy_(s_out)
+    else:
+        state.index_copy_(0, slots, s_out)
+    y = _unit_c(y.reshape(B, T, C))
+    out = torch.empty((B, T, C), device=r.device, dtype=r.dtype)
+    return _post(y, r, k, v, a, g, params, out, H, N)
+
+
+def tmix_core_triton(r, w, k, v, a, g, state, *, k_k, k_a, r_k, ln_w, ln_b, wkv=None, slots=None,
+                     block_v: int | None = None, num_warps: int | None = None):
+    """See the module docstring. Returns (out [B,T,C] r.dtype, state) with state updated in place."""
+    B, T, C = r.shape
+    H, N = r_k.shape
+    block_v = DECODE_BLOCK_V if block_v is None else block_v
+    num_warps = DECODE_NUM_WARPS if num_warps is None else num_warps
+    block_v = min(block_v, N)
+    assert C == H * N and N % block_v == 0, "C must be H*N and block_v must divide N"
+    assert state.dtype == torch.float32 and state.shape[1:] == (H, N, N), "state must be [S,H,N,N] fp32"
+    assert state.is_contiguous(), "the state pool must be contiguous"
+    if slots is not None:
+        assert slots.shape == (B,) and not slots.dtype.is_floating_point, "slots must be an int [B]"
+        slots = slots.to(device=state.device, dtype=torch.int64)
+    else:
+        assert state.shape[0] >= B, "state pool smaller than the batch"
+    r, w, k, v, a, g = (_unit_c(t) for t in (r, w, k, v, a, g))
+    if T == 0 or B == 0:
+        return r.new_empty((B, T, C)), state
+    params = _params(k_k, k_a, r_k, ln_w, ln_b)
+    if T <= DECODE_MAX_T or wkv is None:
+        return _step(r, w, k, v, a, g, state, slots, params, block_v, num_warps), state
+    if slots is None and state.shape[0] != B:
+        slots = torch.arange(B, device=state.device)
+    return _prefill(r, w, k, v, a, g, state, slots, params, wkv), state
