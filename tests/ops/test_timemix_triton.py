@@ -1,0 +1,161 @@
+"""The fused Triton time-mix core vs the plain-torch reference (GPU, or the Triton interpreter on CPU)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TOL, rel_err
+
+from rwkvrt.ops.timemix.reference import tmix_core_reference
+from rwkvrt.ops.wkv7.reference import wkv7_reference
+from rwkvrt.ops.wkv7.torch_chunked import wkv7_torch_chunked
+
+pytestmark = pytest.mark.gpu
+
+POOL = 5
+SLOTS = [3, 0, 4]
+
+
+def _core():
+    return pytest.importorskip("rwkvrt.ops.timemix.triton_fused").tmix_core_triton
+
+
+def _inputs(B, T, H, N, dtype, device, seed=0):
+    """Activations [B,T,C] at realistic scales and the layer parameters (fp32)."""
+    gen = torch.Generator().manual_seed(seed)
+    C = H * N
+    rnd = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    r, w, k, v, g = rnd(B, T, C), rnd(B, T, C) - 0.5, rnd(B, T, C), rnd(B, T, C), rnd(B, T, C)
+    a = torch.sigmoid(rnd(B, T, C))
+    acts = [t.to(device=device, dtype=dtype) for t in (r, w, k, v, a, g)]
+    params = dict(k_k=0.5 + torch.rand(C, generator=gen), k_a=torch.rand(C, generator=gen) * 2,
+                  r_k=rnd(H, N) * 0.5, ln_w=1 + 0.3 * rnd(C), ln_b=0.3 * rnd(C))
+    params = {n: p.to(device) for n, p in params.items()}
+    return acts, params
+
+
+def _pool(H, N, device, seed=1):
+    """Pool of POOL rows of random fp32 state [POOL, H, N, N]."""
+    gen = torch.Generator().manual_seed(seed)
+    return (0.3 * torch.randn(POOL, H, N, N, generator=gen)).to(device)
+
+
+def _reference(acts, params, s0):
+    out, s = tmix_core_reference(*(t.float() for t in acts), s0.clone(), **params)
+    return out, s
+
+
+def _check(out, state, ref_out, ref_state, dtype):
+    assert out.dtype == dtype and state.dtype == torch.float32
+    assert torch.isfinite(out).all()
+    tol = TOL[dtype]
+    assert rel_err(out, ref_out) < tol, rel_err(out, ref_out)
+    assert rel_err(state, ref_state) < tol, rel_err(state, ref_state)
+
+
+@pytest.mark.parametrize("B", [1, 3])
+@pytest.mark.parametrize("T", [1, 2, 15, 16, 17, 63, 100])
+def test_tmix_triton_matches_reference(kernel_device, B, T):
+    core = _core()
+    H, N = 2, 16
+    acts, params = _inputs(B, T, H, N, torch.float32, kernel_device, seed=T * 10 + B)
+    pool = _pool(H, N, kernel_device)
+    slots = torch.tensor(SLOTS[:B], device=kernel_device)
+    others = [i for i in range(POOL) if i not in SLOTS[:B]]
+    pool[others] = float("nan")
+    untouched = pool[others].clone()
+    ref_out, ref_state = _reference(acts, params, pool[slots])
+    out, st = core(*acts, pool, **params, slots=slots, wkv=wkv7_reference)
+    assert st is pool
+    _check(out, pool[slots], ref_out, ref_state, torch.float32)
+    # rows outside the slots: not read (NaN would spread), not written (bit-for-bit)
+    assert torch.equal(pool[others].view(torch.int32), untouched.view(torch.int32))
+
+
+@pytest.mark.parametrize("T", [1, 17])
+def test_tmix_triton_head_size_64(kernel_device, T):
+    core = _core()
+    B, H, N = 1, 2, 64
+    acts, params = _inputs(B, T, H, N, torch.float32, kernel_device, seed=64 + T)
+    pool = _pool(H, N, kernel_device)
+    ref_out, ref_state = _reference(acts, params, pool[:B])
+    out, _ = core(*acts, pool, **params, wkv=wkv7_torch_chunked)
+    _check(out, pool[:B], ref_out, ref_state, torch.float32)
+
+
+@pytest.mark.parametrize("wkv", [None, wkv7_torch_chunked], ids=["step", "torch_chunked"])
+def test_tmix_triton_prefill_wkv_choices(kernel_device, wkv):
+    core = _core()
+    B, T, H, N = 3, 40, 2, 16
+    acts, params = _inputs(B, T, H, N, torch.float32, kernel_device, seed=5)
+    pool = _pool(H, N, kernel_device)
+    slots = torch.tensor(SLOTS, device=kernel_device)
+    ref_out, ref_state = _reference(acts, params, pool[slots])
+    out, _ = core(*acts, pool, **params, slots=slots, wkv=wkv)
+    _check(out, pool[slots], ref_out, ref_state, torch.float32)
+
+
+@pytest.mark.parametrize("block_v", [4, 8])
+@pytest.mark.parametrize("T", [1, 15])
+def test_tmix_triton_split_rows(kernel_device, block_v, T):
+    """block_v < N: step kernel on row blocks + the post-kernel for the group norm."""
+    core = _core()
+    B, H, N = 3, 2, 16
+    acts, params = _inputs(B, T, H, N, torch.float32, kernel_device, seed=block_v + T)
+    pool = _pool(H, N, kernel_device)
+    slots = torch.tensor(SLOTS, device=kernel_device)
+    ref_out, ref_state = _reference(acts, params, pool[slots])
+    out, _ = core(*acts, pool, **params, slots=slots, block_v=block_v)
+    _check(out, pool[slots], ref_out, ref_state, torch.float32)
+
+
+@pytest.mark.parametrize("split", [(8, 8), (20, 20), (1, 1, 1, 1, 1), (3, 30)])
+def test_tmix_triton_chained_calls(kernel_device, split):
+    """Calls over consecutive pieces == one call over the whole sequence (state carried in place)."""
+    core = _core()
+    B, H, N = 2, 2, 16
+    T = sum(split)
+    acts, params = _inputs(B, T, H, N, torch.float32, kernel_device, seed=T)
+    pool = _pool(H, N, kernel_device)
+    ref_out, ref_state = _reference(acts, params, pool[:B])
+    outs, t0 = [], 0
+    for n in split:
+        piece = [x[:, t0:t0 + n] for x in acts]
+        outs.append(core(*piece, pool, **params, wkv=wkv7_reference)[0])
+        t0 += n
+    _check(torch.cat(outs, 1), pool[:B], ref_out, ref_state, torch.float32)
+
+
+@pytest.mark.parametrize("T", [1, 17])
+def test_tmix_triton_strided_inputs(kernel_device, T):
+    """r, k, v as column slices of one wider projection output (no copies needed)."""
+    core = _core()
+    B, H, N = 2, 2, 16
+    C = H * N
+    acts, params = _inputs(B, T, H, N, torch.float32, kernel_device, seed=7)
+    rkv = torch.cat([acts[0], acts[2], acts[3]], dim=-1)
+    strided = [rkv[..., :C], acts[1], rkv[..., C:2 * C], rkv[..., 2 * C:], acts[4], acts[5]]
+    pool = _pool(H, N, kernel_device)
+    ref_out, ref_state = _reference(acts, params, pool[:B])
+    out, _ = core(*strided, pool, **params, wkv=wkv7_reference)
+    _check(out, pool[:B], ref_out, ref_state, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("T", [1, 17])
+def test_tmix_triton_half_dtypes(kernel_device, dtype, T):
+    """Half activations vs the fp32 reference on the same (rounded) inputs; the state stays fp32."""
+    core = _core()
+    B, H, N = 3, 2, 16
+    acts, params = _inputs(B, T, H, N, dtype, kernel_device, seed=11)
+    pool = _pool(H, N, kernel_device)
+    slots = torch.tensor(SLOTS, device=kernel_device)
+    ref_out, ref_state = _reference(acts, params, pool[slots])
+    out, _ = core(*acts, pool, **params, slots=slots, wkv=wkv7_reference)
+    _check(out, pool[slots], ref_out, ref_state, dtype)
+
+
+def test_tmix_resolve_returns_triton():
+    pytest.importorskip("triton")
+    from rwkvrt.ops import timemix
+
+    assert timemix.resolve("cuda", "triton") is _core()
