@@ -1,0 +1,51 @@
+"""Token shift: the lerps between each token's input and the previous token's.
+
+    xs, new_prev = lerp6(x, x_prev, mix)     # time-mix: r, w, k, v, a, g inputs
+    xk, new_prev = lerp1(x, x_prev, mix1)    # channel-mix: the key input
+
+    x      : [B, T, C] activation dtype, not mutated
+    x_prev : [B, C] the input of the token before x[:, 0] (the state's x_prev), not mutated
+    mix    : [6, C] (lerp6, rows in the order r, w, k, v, a, g) or [C] (lerp1), any float dtype
+    xs     : [6, B, T, C] in x's dtype (lerp1: [B, T, C]), freshly allocated:
+             xs[i, :, t] = x[:, t] + (shifted[:, t] - x[:, t]) * mix[i]
+             with shifted[:, t] = x[:, t - 1] and shifted[:, 0] = x_prev;
+             computed in float32, rounded once to x's dtype.
+    new_prev : [B, C] = x[:, -1], a view of x (copy it into the state).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from .reference import lerp1_reference, lerp6_reference
+
+__all__ = ["TokenShiftOps", "lerp6_reference", "lerp1_reference", "resolve"]
+
+
+@dataclass(frozen=True)
+class TokenShiftOps:
+    """The token-shift functions of one backend (both follow the module docstring)."""
+
+    lerp6: Callable
+    lerp1: Callable
+    backend: str
+
+
+def resolve(device: str, backend: str = "auto") -> TokenShiftOps:
+    """Return the token-shift functions for ``device``; auto -> triton on cuda, reference elsewhere."""
+    from ...errors import BackendError
+
+    reference = TokenShiftOps(lerp6_reference, lerp1_reference, "reference")
+    if backend in ("reference", "torch") or (backend == "auto" and not device.startswith("cuda")):
+        return reference
+    if backend in ("triton", "auto"):
+        try:
+            from .triton_lerp import lerp1_triton, lerp6_triton
+        except ImportError as e:
+            if backend == "triton":
+                raise BackendError("the triton backend for token shift is not available",
+                                   got=str(e), fix="pip install 'rwkvrt[gpu]' on a CUDA machine") from None
+            return reference
+        return TokenShiftOps(lerp6_triton, lerp1_triton, "triton")
+    raise BackendError("unknown token-shift backend", expected="auto, reference, torch or triton",
+                       got=repr(backend), fix="pick one of those")

@@ -1,0 +1,74 @@
+"""Token shift (lerp6 / lerp1): Triton vs the plain-torch reference (GPU, or the Triton interpreter on CPU)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rwkvrt.ops import token_shift
+from rwkvrt.ops.token_shift.reference import lerp1_reference, lerp6_reference
+
+pytestmark = pytest.mark.gpu
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def _lerp():
+    return pytest.importorskip("rwkvrt.ops.token_shift.triton_lerp")
+
+
+def _data(B, T, C, dtype, device, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, T, C, generator=gen).to(device=device, dtype=dtype)
+    prev = torch.randn(B, C, generator=gen).to(device=device, dtype=dtype)
+    mix = torch.rand(6, C, generator=gen).to(device)
+    return x, prev, mix
+
+
+def _close(ours, ref):
+    assert ours.dtype == ref.dtype and ours.shape == ref.shape and ours.is_contiguous()
+    # same fp32 formula, one rounding: at most an FMA-contraction ulp apart
+    torch.testing.assert_close(ours, ref, rtol=1e-5 if ref.dtype == torch.float32 else 1e-2, atol=1e-5)
+
+
+@pytest.mark.parametrize("B", [1, 3])
+@pytest.mark.parametrize("T", [1, 2, 15, 16, 17, 63, 100])
+def test_lerp6_triton_matches_reference(kernel_device, B, T):
+    x, prev, mix = _data(B, T, 96, torch.float32, kernel_device, seed=T + B)
+    xs, new_prev = _lerp().lerp6_triton(x, prev, mix)
+    ref, ref_prev = lerp6_reference(x, prev, mix)
+    _close(xs, ref)
+    assert torch.equal(new_prev, ref_prev)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("C", [64, 160, 1100])
+def test_lerp_triton_dtypes_and_widths(kernel_device, dtype, C):
+    """Non-power-of-2 widths (masked tail, several channel blocks) and half dtypes; mix in fp32."""
+    x, prev, mix = _data(2, 5, C, dtype, kernel_device, seed=C)
+    _close(_lerp().lerp6_triton(x, prev, mix)[0], lerp6_reference(x, prev, mix)[0])
+    _close(_lerp().lerp1_triton(x, prev, mix[2])[0], lerp1_reference(x, prev, mix[2])[0])
+
+
+def test_lerp_triton_chained_calls(kernel_device):
+    """Two halves, carrying new_prev, == the whole sequence."""
+    lerp = _lerp()
+    x, prev, mix = _data(3, 30, 96, torch.float32, kernel_device, seed=3)
+    whole = lerp.lerp6_triton(x, prev, mix)[0]
+    first, p1 = lerp.lerp6_triton(x[:, :13], prev, mix)
+    second, _ = lerp.lerp6_triton(x[:, 13:], p1.clone(), mix)
+    assert torch.equal(torch.cat([first, second], dim=2), whole)
+
+
+def test_lerp_triton_strided_x(kernel_device):
+    """x as a view with a non-contiguous batch / time layout (unit stride along C)."""
+    x_big, prev, mix = _data(4, 7, 96, torch.float16, kernel_device, seed=9)
+    x = x_big[::2, 1:]
+    prev = prev[::2]
+    _close(_lerp().lerp6_triton(x, prev, mix)[0], lerp6_reference(x, prev, mix)[0])
+
+
+def test_token_shift_resolve():
+    assert token_shift.resolve("cpu").backend == "reference"
+    pytest.importorskip("triton")
+    ops = token_shift.resolve("cuda", "triton")
+    assert ops.backend == "triton" and ops.lerp6 is _lerp().lerp6_triton
