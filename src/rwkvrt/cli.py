@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="continue a prompt, streaming the text to stdout",
                        description="Continue PROMPT with the model, printing text as it is produced.")
-    p.add_argument("prompt", metavar="PROMPT", help="the text to continue; '-' reads it from stdin")
+    p.add_argument("prompt", metavar="PROMPT", nargs="?", default=None,
+                   help="the text to continue; '-' reads it from stdin")
+    p.add_argument("--prompt-file", "-f", metavar="FILE", help="read the prompt from this UTF-8 file instead")
     _add_model_args(p)
     _add_sampling_args(p, max_tokens=200)
     _add_state_args(p)
@@ -186,7 +188,13 @@ def cmd_generate(args) -> int:
     from .engine import Generation
     from .state_io import save_state
 
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if (args.prompt is None) == (args.prompt_file is None):
+        raise UserError("give the prompt either as PROMPT or with --prompt-file", got="both" if args.prompt else "neither",
+                        fix="e.g. rwkvrt generate 'ROMEO:' (or '-' to read stdin)")
+    if args.prompt_file is not None:
+        prompt = Path(args.prompt_file).read_text(encoding="utf-8")
+    else:
+        prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     params, stops = _params(args), _stops(args)
     model = _load_model(args)
     gen = _generator(args, model)
