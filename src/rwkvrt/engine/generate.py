@@ -1,6 +1,7 @@
 """Streaming text generation on one sequence: prompt -> text pieces, with the state kept for the next turn."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -28,7 +29,11 @@ class Generator:
     """
 
     def __init__(self, model, *, chunk_len: int = 256):
+        from ..model import Model
+
         self.model = model
+        # always the native forward (logits [B, V]), also for the drop-in RWKV class whose forward drops B
+        self._forward = functools.partial(Model.forward, model)
         self.tok = model.tokenizer
         self.chunk_len = chunk_len
         V = model.config.vocab_size
@@ -49,7 +54,7 @@ class Generator:
         """Feed tokens in chunks of chunk_len; returns (last logits [V], state)."""
         out = None
         for i in range(0, len(tokens), self.chunk_len):
-            out, state = self.model.forward(tokens[i:i + self.chunk_len], state)
+            out, state = self._forward(tokens[i:i + self.chunk_len], state)
         return out[0], state
 
     def stream(self, prompt: str | list[int], *, state=None, max_tokens: int = 200,
@@ -116,14 +121,14 @@ class Generator:
                 res.finish_reason = "stop"
                 if token not in stop_tokens:
                     res.tokens.append(token)
-                    self.model.forward([token], state)
+                    self._forward([token], state)
                 return
             res.tokens.append(token)
             if i + 1 < max_tokens:
                 logits, state = self.prefill([token], state)
             else:
                 # leave the state having read everything produced, ready for a continuation
-                self.model.forward([token], state)
+                self._forward([token], state)
         tail = stops.feed(detok.flush())[0] + stops.flush()
         if tail:
             res.text += tail
