@@ -14,7 +14,7 @@ Same convention as ``rwkvrt.ops.timemix`` (see its docstring), plus slot address
     wkv   : a wkv7 function (``rwkvrt.ops.wkv7`` convention) for the recurrence when
         T > DECODE_MAX_T (e.g. a chunked kernel); None runs the fused step kernel for any T.
     block_v, num_warps : launch knobs of the step kernel (value rows per program, warps);
-        None takes DECODE_BLOCK_V / DECODE_NUM_WARPS.
+        None takes DECODE_BLOCK_V / DECODE_NUM_WARPS[block_v].
     out   : [B, T, C] in r's dtype, new tensor; all internal math is float32.
 
 Step path (T <= DECODE_MAX_T, or wkv=None): grid (B*H, N // block_v); each program
@@ -41,11 +41,16 @@ from .reference import GROUP_NORM_EPS
 
 # Above this many tokens per call the recurrence goes to ``wkv`` (a chunked kernel wins there).
 DECODE_MAX_T = 16
-# Value rows per program of the step kernel. N (=64) keeps the whole head in one program so
-# the group norm fuses and decode is one launch; a head's state is 4096 fp32 = 32 registers
-# per thread at 4 warps. Tune on the device: 16/32 trade an extra launch for 4x/2x programs.
+# Value rows per program of the step kernel. N (=64) keeps the whole head in one program, so
+# the group norm fuses and decode is ONE launch per layer; at T=1 the kernel is latency bound
+# (one round trip for the state rows), and B*H programs fill the GPU once B*H >= ~132.
+# 16 / 32 give 4x / 2x the programs (more SMs pulling state at batch 1) but add the post
+# launch and an fp32 y round trip: tune on the device (bench both at B=1 and B=32).
 DECODE_BLOCK_V = 64
-DECODE_NUM_WARPS = 4
+# Warps per step program, by block_v. ptxas for sm_90 (bf16 activations, fused epilogue):
+# block_v 64 -> 159 registers at 4 warps, 104 at 8 (no spills either way; 8 halves the
+# per-thread share of each reduction); block_v 32 / 16 at 4 warps -> 80 / 72 registers.
+DECODE_NUM_WARPS = {64: 8, 32: 4, 16: 4, 8: 4, 4: 4}
 # Rows (tokens) per program of the pre/post kernels.
 PREFILL_BLOCK_T = 16
 # F.normalize's clamp on the norm.
@@ -275,8 +280,8 @@ def tmix_core_triton(r, w, k, v, a, g, state, *, k_k, k_a, r_k, ln_w, ln_b, wkv=
     B, T, C = r.shape
     H, N = r_k.shape
     block_v = DECODE_BLOCK_V if block_v is None else block_v
-    num_warps = DECODE_NUM_WARPS if num_warps is None else num_warps
     block_v = min(block_v, N)
+    num_warps = DECODE_NUM_WARPS.get(block_v, 4) if num_warps is None else num_warps
     assert C == H * N and N % block_v == 0, "C must be H*N and block_v must divide N"
     assert state.dtype == torch.float32 and state.shape[1:] == (H, N, N), "state must be [S,H,N,N] fp32"
     assert state.is_contiguous(), "the state pool must be contiguous"
