@@ -142,7 +142,7 @@ def _load_model(args):
             raise UserError("no --model given and the bundled demo model is missing", got=f"'{DEMO_MODEL}'",
                             fix="pass --model PATH (an RWKV-7 .pth or an rwkvrt directory)")
         path = DEMO_MODEL
-    model = load(path, args.strategy or default_strategy())
+    model = load(path, default_strategy() if args.strategy is None else args.strategy)
     _ = model.tokenizer  # fail now, with its one-line error, if the model has no known tokenizer
     return model
 

@@ -206,3 +206,13 @@ def test_empty_prompt_is_token_error(byte_model):
     with pytest.raises(TokenError, match="empty prompt"):
         list(Generator(byte_model).stream("", state=st))
     assert not st.wkv.any()
+
+
+@pytest.mark.xfail(strict=True, reason="bug: RWKV.forward returns inference-mode tensors, so the official "
+                                       "PIPELINE.generate (out[n] = -inf, out[n] -= penalty) cannot edit the logits")
+def test_official_pipeline_runs_on_rwkvrt_model(world_path):
+    utils = pytest.importorskip("rwkv.utils")
+    model = rwkvrt.RWKV(str(world_path), "cpu fp32")
+    pipe = utils.PIPELINE(model, "rwkv_vocab_v20230424")
+    out = pipe.generate("Hello", token_count=5, args=utils.PIPELINE_ARGS(top_p=0.0, token_ban=[0]))
+    assert isinstance(out, str)

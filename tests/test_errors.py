@@ -1,0 +1,236 @@
+"""Bad inputs: one clear line (what was expected and a fix), the right RWKVRTError subclass in the API,
+exit code 2 in the CLI, and the state left untouched by a failing call."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import rwkvrt
+from rwkvrt import cli
+from rwkvrt.engine import Generator
+from rwkvrt.errors import CheckpointError, SamplingError, StateError, StrategyError, TokenError
+from rwkvrt.sampling import SamplingParams
+from rwkvrt.strategy import parse_strategy
+
+
+@pytest.fixture(scope="module")
+def path(ckpt_factory):
+    return ckpt_factory(2, 64, 256, 0)
+
+
+@pytest.fixture(scope="module")
+def model(path):
+    return rwkvrt.load(path)
+
+
+def one_line(msg: str) -> str:
+    lines = msg.strip().splitlines()
+    assert len(lines) == 1, msg
+    return lines[0]
+
+
+def cli_error(argv, capsys) -> str:
+    rc = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert rc == 2, (out, err)
+    line = one_line(err)
+    assert line.startswith("rwkvrt: error: ") and "Traceback" not in err
+    return line
+
+
+def api_error(exc, fn, *args, **kw) -> str:
+    with pytest.raises(exc) as e:
+        fn(*args, **kw)
+    msg = one_line(str(e.value))
+    assert "Fix:" in msg or "fix" in msg.lower()
+    return msg
+
+
+# ---------------------------------------------------------------- model files
+
+def bad_files(tmp_path, good):
+    d = tmp_path / "notamodel"
+    d.mkdir(exist_ok=True)
+    (d / "readme.txt").write_text("hello")
+    txt = tmp_path / "text.pth"
+    txt.write_text("this is a text file, not a checkpoint\n" * 20)
+    trunc = tmp_path / "truncated.pth"
+    data = good.read_bytes()
+    trunc.write_bytes(data[: len(data) // 2])
+    v6 = tmp_path / "v6.pth"
+    torch.save({"emb.weight": torch.zeros(16, 8), "blocks.0.att.time_maa_x": torch.zeros(1, 1, 8),
+                "blocks.0.att.time_faaaa": torch.zeros(1, 8)}, v6)
+    v5 = tmp_path / "v5.pth"
+    torch.save({"emb.weight": torch.zeros(16, 8), "blocks.0.att.time_faaaa": torch.zeros(1, 8),
+                "blocks.0.att.time_decay": torch.zeros(1, 8)}, v5)
+    return {"missing": (tmp_path / "nope.pth", "not found"), "dir": (d, "not an rwkvrt model"),
+            "text": (txt, "cannot read"), "truncated": (trunc, "truncated"), "v6": (v6, "RWKV-6"),
+            "v5": (v5, "RWKV-5")}
+
+
+@pytest.mark.parametrize("kind", ["missing", "dir", "text", "truncated", "v6", "v5"])
+def test_bad_model_file(kind, path, tmp_path, capsys):
+    p, expected = bad_files(tmp_path, path)[kind]
+    msg = api_error(CheckpointError, rwkvrt.load, p)
+    assert expected in msg
+    msg = api_error(CheckpointError, rwkvrt.RWKV, str(p))
+    assert expected in msg
+    line = cli_error(["generate", "-m", p, "hello"], capsys)
+    assert expected in line and "Fix:" in line
+    line = cli_error(["info", p], capsys)
+    assert expected in line
+
+
+# ---------------------------------------------------------------- strategies
+
+@pytest.mark.parametrize("s, expected", [("gpu fp16", "unknown device"), ("cpu fp64", "unknown dtype"),
+                                         ("cuda fp16 *10 -> cpu fp32", "one device"), ("", "empty")])
+def test_bad_strategy(s, expected, path, capsys):
+    msg = api_error(StrategyError, parse_strategy, s)
+    assert expected in msg
+    api_error(StrategyError, rwkvrt.load, path, s)
+    line = cli_error(["generate", "-m", path, "-s", s, "hello"], capsys)
+    assert expected in line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_cuda_without_gpu(path, capsys):
+    line = cli_error(["generate", "-m", path, "-s", "cuda fp16", "hello"], capsys)
+    assert "CUDA" in line and "cpu fp32" in line
+
+
+# ---------------------------------------------------------------- tokens, state untouched
+
+def snapshot(st):
+    return st.att_x.clone(), st.wkv.clone(), st.ffn_x.clone()
+
+
+def same(st, snap):
+    return all(torch.equal(a, b) for a, b in zip((st.att_x, st.wkv, st.ffn_x), snap))
+
+
+@pytest.mark.parametrize("bad", [-1, 256, 10**9, 1e9, 1.5, "a", [], [[1, 2], [3]], True])
+def test_bad_token_ids_leave_state_untouched(bad, model):
+    _, st = model.forward(list(b"warm up"), model.zero_state(1))
+    snap = snapshot(st)
+    tokens = bad if isinstance(bad, list) else [1, 2, bad]
+    with pytest.raises(TokenError) as e:
+        model.forward(tokens, st)
+    msg = one_line(str(e.value))
+    assert "Fix:" in msg
+    if type(bad) is int and bad in (-1, 256, 10**9):
+        assert "0 <= id < 256" in msg and str(bad) in msg
+    assert same(st, snap)
+
+
+def test_bad_token_ids_compat(path):
+    m = rwkvrt.RWKV(str(path), "cpu fp32")
+    st = m.zero_state(1)
+    m.forward([1, 2], st)
+    snap = snapshot(st)
+    for bad in ([-1], [256], [1.5], 256):
+        with pytest.raises(TokenError):
+            m.forward(bad, st)
+    assert same(st, snap)
+
+
+@pytest.mark.xfail(strict=True, reason="bug: a float token tensor is silently truncated to int (tokens_tensor "
+                                       "calls .to(torch.long) without checking the dtype)")
+def test_float_token_tensor_rejected(model):
+    with pytest.raises(TokenError):
+        model.forward(torch.tensor([[1.5, 2.0]]))
+
+
+def test_state_of_another_model_rejected(model, ckpt_factory):
+    other = rwkvrt.load(ckpt_factory(3, 128, 256, 0))
+    st = other.zero_state(1)
+    snap = snapshot(st)
+    msg = api_error(StateError, model.forward, [1, 2], st)
+    assert "state does not fit" in msg
+    assert same(st, snap)
+    msg = api_error(StateError, model.forward, [1, 2], [torch.zeros(3)])
+    assert "wrong length" in msg
+
+
+# ---------------------------------------------------------------- sampling
+
+@pytest.mark.parametrize("kw, name", [({"temperature": -0.1}, "temperature"), ({"temperature": math.nan}, "temperature"),
+                                      ({"top_p": 1.5}, "top_p"), ({"top_p": -0.1}, "top_p"),
+                                      ({"top_p": math.nan}, "top_p"), ({"top_k": -1}, "top_k"),
+                                      ({"min_p": 2.0}, "min_p"), ({"penalty_decay": 1.5}, "penalty_decay"),
+                                      ({"presence_penalty": math.inf}, "presence_penalty")])
+def test_bad_sampling_parameters(kw, name, model):
+    msg = api_error(SamplingError, SamplingParams, **kw)
+    assert name in msg
+
+
+@pytest.mark.parametrize("opt, val, name", [("--temperature", "-1", "temperature"), ("--top-p", "1.5", "top_p"),
+                                            ("--top-k", "-3", "top_k"), ("--temperature", "nan", "temperature"),
+                                            ("--max-tokens", "-5", "max_tokens"), ("--chunk-len", "0", "chunk-len")])
+def test_bad_sampling_cli(opt, val, name, path, capsys):
+    line = cli_error(["generate", "-m", path, opt, val, "hello"], capsys)
+    assert name in line and "Fix:" in line
+
+
+def test_bad_sampling_leaves_state_untouched(model):
+    st = model.zero_state(1)
+    model.forward([1, 2, 3], st)
+    snap = snapshot(st)
+    bad = SamplingParams()
+    object.__setattr__(bad, "top_p", 7.0)  # bypass construction checks: stream() validates again
+    with pytest.raises(SamplingError):
+        list(Generator(model).stream("abc", state=st, params=bad))
+    assert same(st, snap)
+
+
+def test_token_ban_outside_vocab(model):
+    st = model.zero_state(1)
+    with pytest.raises(SamplingError, match="token_ban"):
+        list(Generator(model).stream("abc", state=st, params=SamplingParams(token_ban=(300,))))
+    assert not st.wkv.any()
+
+
+# ---------------------------------------------------------------- state files and convert in the CLI
+
+def test_cli_state_file_for_another_model(model, ckpt_factory, path, tmp_path, capsys):
+    other = rwkvrt.load(ckpt_factory(3, 128, 256, 0))
+    _, st = other.forward([1, 2, 3])
+    rwkvrt.save_state(st, tmp_path / "o.safetensors", other)
+    line = cli_error(["generate", "-m", path, "--state", tmp_path / "o.safetensors", "hi"], capsys)
+    assert "another model" in line
+    line = cli_error(["generate", "-m", path, "--state", tmp_path / "none.safetensors", "hi"], capsys)
+    assert "not found" in line
+
+
+def test_cli_convert_onto_existing_dir(path, tmp_path, capsys):
+    out = tmp_path / "exists"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    line = cli_error(["convert", path, out], capsys)
+    assert "not empty" in line and "--force" in line
+    assert (out / "keep.txt").read_text() == "precious" and not (out / "model.safetensors").exists()
+    # a file as the output
+    line = cli_error(["convert", path, out / "keep.txt"], capsys)
+    assert "not a directory" in line
+
+
+def test_cli_convert_never_overwrites_input(path, tmp_path, capsys):
+    d = tmp_path / "m"
+    assert cli.main(["convert", str(path), str(d)]) == 0
+    capsys.readouterr()
+    line = cli_error(["convert", d, d, "--force"], capsys)
+    assert "overwrite its input" in line
+    assert rwkvrt.load(d).config.n_layer == 2
+
+
+def test_cli_prompt_file_missing(path, tmp_path, capsys):
+    line = cli_error(["generate", "-m", path, "--prompt-file", tmp_path / "nope.txt"], capsys)
+    assert "nope.txt" in line and "Fix:" in line
+
+
+def test_cli_unknown_tokenizer(ckpt_factory, capsys):
+    p = ckpt_factory(1, 64, 300, 0)  # vocab 300 has no known tokenizer
+    line = cli_error(["generate", "-m", p, "hello"], capsys)
+    assert "tokenizer" in line and "convert --tokenizer" in line
