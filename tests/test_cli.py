@@ -259,3 +259,43 @@ def test_default_model_generates(capsys):
     rc, out, err = run(["generate", "ROMEO:", "--max-tokens", 40], capsys)
     assert rc == 0, err
     assert len(out) > 0
+
+
+def test_generate_world_model(ckpt_factory, capsys):
+    p = ckpt_factory(2, 64, 65536, 0)
+    m = rwkvrt.load(p)
+    tok = m.tokenizer
+    rc, out, err = run(["generate", "-m", p, "-n", 12, *GREEDY, "--top-p", "0", "Hello world"], capsys)
+    assert rc == 0, err
+    ref = greedy_tokens(m, tok.encode("Hello world"), 12)
+    if tok.eot_id in ref:
+        ref = ref[:ref.index(tok.eot_id)]
+    assert out == tok.decode(ref)
+
+
+def test_stop_escapes_and_prompt_file(byte_ckpt, byte_model, capsys, tmp_path):
+    assert cli._stops(type("A", (), {"stop": ["\\n\\n", "a\\\\nb", "\\t"]})()) == ("\n\n", "a\\nb", "\t")
+    f = tmp_path / "prompt.txt"
+    f.write_text("ROMEO:", encoding="utf-8")
+    a = run(["generate", "-m", byte_ckpt, "-n", 8, *GREEDY, "--prompt-file", f], capsys)[1]
+    b = run(["generate", "-m", byte_ckpt, "-n", 8, *GREEDY, "ROMEO:"], capsys)[1]
+    assert a == b
+    f.write_bytes(b"\xff\xfe bad")
+    rc, _, err = run(["generate", "-m", byte_ckpt, "--prompt-file", f], capsys)
+    assert rc == 2 and "not UTF-8" in err and len(err.strip().splitlines()) == 1
+    rc, _, err = run(["generate", "-m", byte_ckpt, "--prompt-file", f, "also a prompt"], capsys)
+    assert rc == 2 and "either" in err
+
+
+def test_chat_message_escapes():
+    assert cli.normalize_message("line one\\nline two\\n\\nthree ") == "line one\nline two\nthree"
+
+
+def test_bench_registered(capsys):
+    import importlib.util
+
+    rc, out, err = run(["bench", "--help"], capsys)
+    assert rc == 0 and "bench" in out
+    if importlib.util.find_spec("rwkvrt.bench") is None:
+        rc, _, err = run(["bench"], capsys)
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and "bench" in err

@@ -177,6 +177,14 @@ def _initial_state(args, model):
     return load_state(args.state, model) if args.state else model.zero_state(1)
 
 
+def _safe_stdout() -> None:
+    # a terminal that cannot show some character gets '?' instead of a crash mid-stream
+    try:
+        sys.stdout.reconfigure(errors="replace")
+    except (AttributeError, ValueError):  # not a TextIOWrapper (e.g. replaced by a test)
+        pass
+
+
 def _write(out, text: str) -> None:
     out.write(text)
     out.flush()
@@ -192,7 +200,11 @@ def cmd_generate(args) -> int:
         raise UserError("give the prompt either as PROMPT or with --prompt-file", got="both" if args.prompt else "neither",
                         fix="e.g. rwkvrt generate 'ROMEO:' (or '-' to read stdin)")
     if args.prompt_file is not None:
-        prompt = Path(args.prompt_file).read_text(encoding="utf-8")
+        try:
+            prompt = Path(args.prompt_file).read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"prompt file '{args.prompt_file}' is not UTF-8 text", got=f"byte {e.object[e.start]:#x} "
+                            f"at offset {e.start}", fix="save the prompt as UTF-8") from None
     else:
         prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     params, stops = _params(args), _stops(args)
@@ -200,6 +212,7 @@ def cmd_generate(args) -> int:
     gen = _generator(args, model)
     state = _initial_state(args, model)
     res = Generation()
+    _safe_stdout()
     for piece in gen.stream(prompt, state=state, max_tokens=args.max_tokens, params=params, stop=stops, result=res):
         _write(sys.stdout, piece)
     if res.text and not res.text.endswith("\n") and sys.stdout.isatty():
@@ -210,8 +223,9 @@ def cmd_generate(args) -> int:
 
 
 def normalize_message(text: str) -> str:
-    """As the official chat demo: strip, and collapse blank lines inside the message (they end a turn)."""
-    text = text.strip()
+    """As the official chat demo: a typed '\\n' is a newline; strip; collapse blank lines inside the
+    message (a blank line ends a turn in the chat format)."""
+    text = text.replace("\\n", "\n").strip()
     while "\n\n" in text:
         text = text.replace("\n\n", "\n")
     return text
@@ -232,6 +246,7 @@ def cmd_chat(args) -> int:
     gen = _generator(args, model)
     state = _initial_state(args, model)
     interactive = sys.stdin.isatty()
+    _safe_stdout()
     while True:
         if interactive:
             try:
@@ -287,11 +302,10 @@ def cmd_convert(args) -> int:
     if out.is_dir() and any(out.iterdir()) and not args.force:
         raise UserError("output directory is not empty", got=f"'{out}'",
                         fix="choose a new directory, or pass --force to write into it")
-    if args.force and (out / "model.safetensors").exists():
-        if (out / "model.safetensors").resolve() == src.resolve():
-            raise UserError("convert would overwrite its input", got=f"'{src}'", fix="choose another output directory")
-        (out / "model.safetensors").unlink()
-    sd, cfg, _ = load_state_dict(src)
+    old = out / "model.safetensors"
+    if args.force and old.exists() and old.resolve() == src.resolve():
+        raise UserError("convert would overwrite its input", got=f"'{src}'", fix="choose another output directory")
+    sd, cfg, _ = load_state_dict(src)  # read (and check) the input before touching the output
     if args.tokenizer:
         from .tokenizer import get_tokenizer
 
@@ -301,6 +315,8 @@ def cmd_convert(args) -> int:
                             got=f"'{args.tokenizer}' with {tok.vocab_size}", fix="pick the model's tokenizer")
         cfg = dataclasses.replace(cfg, tokenizer=args.tokenizer)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(args.dtype)
+    if args.force and old.exists():
+        old.unlink()  # save_rwkvrt refuses to overwrite a model; --force said to
     save_rwkvrt(sd, cfg, out, dtype=dtype)
     print(f"wrote {out} ({_size(_disk_bytes(out))})")
     return 0
