@@ -159,6 +159,28 @@ def test_tmix_triton_half_dtypes(kernel_device, dtype, T):
     _check(out, pool[slots], ref_out, ref_state, dtype)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("T,block_v,prefill", [(1, 16, True), (3, 4, True), (17, 16, True), (17, 16, False)],
+                         ids=["T1", "T3-split", "T17-wkv", "T17-step"])
+def test_tmix_triton_fused_inputs(kernel_device, T, block_v, prefill):
+    """w0 add, a = sigmoid(a + a0) and the value residual folded into the core == doing them first."""
+    core = _core()
+    B, H, N = 3, 2, 16
+    C = H * N
+    acts, params = _inputs(B, T, H, N, torch.float32, kernel_device, seed=T + block_v)
+    r, w_lora, k, v, a_raw, g = acts
+    gen = torch.Generator().manual_seed(2)
+    w0, a0, v0 = (torch.randn(C, generator=gen).to(kernel_device) for _ in range(3))
+    v_first, v_gate = (torch.randn(B, T, C, generator=gen).to(kernel_device) for _ in range(2))
+    pool = _pool(H, N, kernel_device)
+    slots = torch.tensor(SLOTS, device=kernel_device)
+    unfused = [r, w_lora + w0, k, v + (v_first - v) * torch.sigmoid(v_gate + v0), torch.sigmoid(a_raw + a0), g]
+    ref_out, ref_state = _reference(unfused, params, pool[slots])
+    out, _ = core(r, w_lora, k, v, a_raw, g, pool, **params, slots=slots, block_v=block_v,
+                  wkv=wkv7_reference if prefill else None, w0=w0, a0=a0, v0=v0, v_first=v_first, v_gate=v_gate)
+    _check(out, pool[slots], ref_out, ref_state, torch.float32)
+
+
 def test_tmix_resolve_returns_triton():
     pytest.importorskip("triton")
     from rwkvrt.ops import timemix
@@ -204,14 +226,16 @@ def _sm90_ptxas_report(kernel, types: dict, constexprs: dict, num_warps: int) ->
     return res.stderr
 
 
-@pytest.mark.parametrize("block_v,num_warps", [(64, 8), (64, 4), (16, 4)])
-def test_tmix_step_kernel_compiles_for_sm90_without_spills(block_v, num_warps):
+@pytest.mark.parametrize("block_v,num_warps,fused_inputs", [(64, 8, True), (64, 8, False), (64, 4, True),
+                                                            (16, 4, True)])
+def test_tmix_step_kernel_compiles_for_sm90_without_spills(block_v, num_warps, fused_inputs):
     """The real-GPU compile of the decode kernel (bf16 activations, N = 64): no register spills."""
     kernel = pytest.importorskip("rwkvrt.ops.timemix.triton_fused").tmix_step_fwd_kernel
     fuse = block_v == 64
-    acts = {n: "*bf16" for n in ("r_ptr", "w_ptr", "k_ptr", "v_ptr", "a_ptr", "g_ptr")}
+    acts = {n: "*bf16" for n in ("r_ptr", "w_ptr", "k_ptr", "v_ptr", "a_ptr", "g_ptr", "vf_ptr", "vg_ptr")}
     types = acts | {"out_ptr": "*bf16" if fuse else "*fp32", "slots_ptr": "*i64",
                     "decay_scale": "fp32", "gn_eps": "fp32", "l2_eps": "fp32"}
+    flags = dict.fromkeys(("HAS_W0", "HAS_A0", "HAS_VRES"), fused_inputs)
     report = _sm90_ptxas_report(kernel, types, {"HAS_SLOTS": True, "FUSE_NORM": fuse, "N": 64,
-                                                "BLOCK_V": block_v}, num_warps)
+                                                "BLOCK_V": block_v, **flags}, num_warps)
     assert " 0 bytes spill stores" in report, report

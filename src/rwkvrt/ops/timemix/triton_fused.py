@@ -3,7 +3,9 @@
 Same convention as ``rwkvrt.ops.timemix`` (see its docstring), plus slot addressing:
 
     out, state = tmix_core_triton(r, w, k, v, a, g, state, *, k_k, k_a, r_k, ln_w, ln_b,
-                                  wkv=None, slots=None, block_v=None, num_warps=None)
+                                  wkv=None, slots=None, w0=None, a0=None,
+                                  v0=None, v_first=None, v_gate=None,
+                                  block_v=None, num_warps=None)
 
     r, w, k, v, a, g : [B, T, C] any float dtype (the activation dtype), unit stride along
         C; the batch and time strides are free (views into a wider projection are fine).
@@ -13,6 +15,12 @@ Same convention as ``rwkvrt.ops.timemix`` (see its docstring), plus slot address
         None means arange(B) (then S >= B and rows B.. are untouched).
     wkv   : a wkv7 function (``rwkvrt.ops.wkv7`` convention) for the recurrence when
         T > DECODE_MAX_T (e.g. a chunked kernel); None runs the fused step kernel for any T.
+    w0, a0, v0 : [C] optional, and v_first, v_gate : [B, T, C] optional (all three v ones or
+        none): element-wise pre-steps folded into the kernel so decode launches nothing for
+        them. With w0, ``w`` is the LoRA part and the decay logit is w + w0; with a0, ``a`` is
+        the raw logit and the rate is sigmoid(a + a0); with v_first, ``v`` is the raw value
+        projection and the core uses v + (v_first - v) * sigmoid(v_gate + v0) (v_gate = the
+        raw (xv @ v1) @ v2). Without them the inputs mean what ``rwkvrt.ops.timemix`` says.
     block_v, num_warps : launch knobs of the step kernel (value rows per program, warps);
         None takes DECODE_BLOCK_V / DECODE_NUM_WARPS[block_v].
     out   : [B, T, C] in r's dtype, new tensor; all internal math is float32.
@@ -60,13 +68,15 @@ L2_EPS = 1e-12
 @triton.jit
 def tmix_step_fwd_kernel(
         r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, g_ptr, out_ptr, state_ptr, slots_ptr,
-        kk_w_ptr, ka_ptr, rk_ptr, lnw_ptr, lnb_ptr,
-        srb, srt, swb, swt, skb, skt, svb, svt, sab, sat, sgb, sgt,
+        kk_w_ptr, ka_ptr, rk_ptr, lnw_ptr, lnb_ptr, w0_ptr, a0_ptr, v0_ptr, vf_ptr, vg_ptr,
+        srb, srt, swb, swt, skb, skt, svb, svt, sab, sat, sgb, sgt, sfb, sft, shb, sht,
         T, H, decay_scale, gn_eps, l2_eps,
-        HAS_SLOTS: tl.constexpr, FUSE_NORM: tl.constexpr, N: tl.constexpr,
-        BLOCK_V: tl.constexpr):
+        HAS_SLOTS: tl.constexpr, FUSE_NORM: tl.constexpr, HAS_W0: tl.constexpr,
+        HAS_A0: tl.constexpr, HAS_VRES: tl.constexpr, N: tl.constexpr, BLOCK_V: tl.constexpr):
     """Grid (B*H, N // BLOCK_V). FUSE_NORM (BLOCK_V == N): out = final output in out's dtype;
-    else out is an fp32 [B, T, C] scratch receiving y (the raw read-out) for these rows."""
+    else out is an fp32 [B, T, C] scratch receiving y (the raw read-out) for these rows.
+    HAS_W0: w += w0.  HAS_A0: a = sigmoid(a + a0).  HAS_VRES: v += (v_first - v) * sigmoid(v_gate + v0)
+    (v_first at vf_ptr with strides sfb/sft, v_gate at vg_ptr with shb/sht)."""
     pid = tl.program_id(0)
     vb = tl.program_id(1)
     b = pid // H
@@ -89,6 +99,12 @@ def tmix_step_fwd_kernel(
         r_k = tl.load(rk_ptr + cj).to(tl.float32)
         ln_w = tl.load(lnw_ptr + ci).to(tl.float32)
         ln_b = tl.load(lnb_ptr + ci).to(tl.float32)
+    if HAS_W0:
+        w0 = tl.load(w0_ptr + cj).to(tl.float32)
+    if HAS_A0:
+        a0 = tl.load(a0_ptr + cj).to(tl.float32)
+    if HAS_VRES:
+        v0 = tl.load(v0_ptr + ci).to(tl.float32)
     C = H * N
     # pointers advance by the time strides (64-bit pointer arithmetic, no t * stride overflow)
     r_p = r_ptr + b * srb + cj
@@ -97,6 +113,8 @@ def tmix_step_fwd_kernel(
     a_p = a_ptr + b * sab + cj
     v_p = v_ptr + b * svb + ci
     g_p = g_ptr + b * sgb + ci
+    f_p = vf_ptr + b * sfb + ci
+    q_p = vg_ptr + b * shb + ci
     o_p = out_ptr + b * T * C + ci
     # a while loop: the Triton 3.6 interpreter cannot iterate range(T) over a runtime scalar
     t = 0
@@ -106,6 +124,14 @@ def tmix_step_fwd_kernel(
         k = tl.load(k_p).to(tl.float32)
         a = tl.load(a_p).to(tl.float32)
         v = tl.load(v_p).to(tl.float32)
+        if HAS_W0:
+            w += w0
+        if HAS_A0:
+            a = tl.sigmoid(a + a0)
+        if HAS_VRES:
+            vf = tl.load(f_p).to(tl.float32)
+            vg = tl.load(q_p).to(tl.float32)
+            v += (vf - v) * tl.sigmoid(vg + v0)
         decay = tl.exp(-decay_scale * tl.sigmoid(w))
         kk = k * kk_w
         kk = kk / tl.maximum(tl.sqrt(tl.sum(kk * kk, axis=0)), l2_eps)
@@ -131,6 +157,8 @@ def tmix_step_fwd_kernel(
         a_p += sat
         v_p += svt
         g_p += sgt
+        f_p += sft
+        q_p += sht
         o_p += C
         t += 1
     tl.store(s_ptrs, S)
@@ -169,9 +197,10 @@ def tmix_pre_fwd_kernel(
 @triton.jit
 def tmix_post_fwd_kernel(
         y_ptr, r_ptr, k_ptr, v_ptr, a_ptr, g_ptr, ka_ptr, rk_ptr, lnw_ptr, lnb_ptr, out_ptr,
-        syb, syt, srb, srt, skb, skt, svb, svt, sab, sat, sgb, sgt,
+        a0_ptr, v0_ptr, vf_ptr, vg_ptr,
+        syb, syt, srb, srt, skb, skt, svb, svt, sab, sat, sgb, sgt, sfb, sft, shb, sht,
         BT, T, H, gn_eps,
-        BLOCK_T: tl.constexpr, N: tl.constexpr):
+        HAS_A0: tl.constexpr, HAS_VRES: tl.constexpr, BLOCK_T: tl.constexpr, N: tl.constexpr):
     """Grid (cdiv(B*T, BLOCK_T), H): out = (group_norm(y)*ln_w + ln_b + sum(r*k'*r_k)*v) * g."""
     pid = tl.program_id(0)
     h = tl.program_id(1)
@@ -192,6 +221,12 @@ def tmix_post_fwd_kernel(
     r_k = tl.load(rk_ptr + cj).to(tl.float32)
     ln_w = tl.load(lnw_ptr + cj).to(tl.float32)
     ln_b = tl.load(lnb_ptr + cj).to(tl.float32)
+    if HAS_A0:
+        a = tl.sigmoid(a + tl.load(a0_ptr + cj).to(tl.float32))
+    if HAS_VRES:
+        vf = tl.load(vf_ptr + (b * sfb + t * sft)[:, None] + cj, mask=m2, other=0.0).to(tl.float32)
+        vg = tl.load(vg_ptr + (b * shb + t * sht)[:, None] + cj, mask=m2, other=0.0).to(tl.float32)
+        v += (vf - v) * tl.sigmoid(vg + tl.load(v0_ptr + cj).to(tl.float32))
     # k' recomputed in fp32 rather than read back rounded from the pre-kernel
     kp = k * (1.0 + (a - 1.0) * k_a)
     mean = tl.sum(y, axis=1) / N
@@ -220,18 +255,29 @@ def _params(k_k, k_a, r_k, ln_w, ln_b):
     return tuple(p.reshape(-1).contiguous() for p in (k_k, k_a, r_k, ln_w, ln_b))
 
 
-def _post(y, r, k, v, a, g, params, out, H: int, N: int):
+def _fused_inputs(fx: dict, dummy: torch.Tensor, *names: str) -> list:
+    """The optional fused-input pointers (``dummy`` where absent) then the v_first / v_gate strides."""
+    ptrs = [fx[n] if fx[n] is not None else dummy for n in names]
+    vres = fx["v_first"] is not None
+    strides = _bt_strides(fx["v_first"], fx["v_gate"]) if vres else [0, 0, 0, 0]
+    return ptrs + strides
+
+
+def _post(y, r, k, v, a, g, params, out, H: int, N: int, fx: dict):
     """Post-kernel launch: y [B, T, C] (unit C stride, any float dtype) -> out [B, T, C] contiguous."""
     B, T, _ = r.shape
     _, k_a, r_k, ln_w, ln_b = params
+    extra = _fused_inputs(fx, k_a, "a0", "v0", "v_first", "v_gate")
     grid = (triton.cdiv(B * T, PREFILL_BLOCK_T), H)
     tmix_post_fwd_kernel[grid](
-        y, r, k, v, a, g, k_a, r_k, ln_w, ln_b, out, *_bt_strides(y, r, k, v, a, g),
-        B * T, T, H, GROUP_NORM_EPS, BLOCK_T=PREFILL_BLOCK_T, N=N, num_warps=4)
+        y, r, k, v, a, g, k_a, r_k, ln_w, ln_b, out, *extra[:4], *_bt_strides(y, r, k, v, a, g),
+        *extra[4:], B * T, T, H, GROUP_NORM_EPS,
+        HAS_A0=fx["a0"] is not None, HAS_VRES=fx["v_first"] is not None,
+        BLOCK_T=PREFILL_BLOCK_T, N=N, num_warps=4)
     return out
 
 
-def _step(r, w, k, v, a, g, state, slots, params, block_v: int, num_warps: int):
+def _step(r, w, k, v, a, g, state, slots, params, fx: dict, block_v: int, num_warps: int):
     """The step path; ``state`` rows are updated in place. One launch when block_v == N."""
     B, T, C = r.shape
     H, N = state.shape[1], state.shape[-1]
@@ -240,20 +286,30 @@ def _step(r, w, k, v, a, g, state, slots, params, block_v: int, num_warps: int):
     # the split path's raw read-out, kept in fp32 so the group norm sees unrounded y
     y = out if fuse else torch.empty((B, T, C), device=r.device, dtype=torch.float32)
     kk_w, k_a, r_k, ln_w, ln_b = params
+    extra = _fused_inputs(fx, kk_w, "w0", "a0", "v0", "v_first", "v_gate")
     tmix_step_fwd_kernel[(B * H, N // block_v)](
         r, w, k, v, a, g, y, state, slots if slots is not None else state,
-        kk_w, k_a, r_k, ln_w, ln_b, *_bt_strides(r, w, k, v, a, g),
+        kk_w, k_a, r_k, ln_w, ln_b, *extra[:5], *_bt_strides(r, w, k, v, a, g), *extra[5:],
         T, H, DECAY_SCALE, GROUP_NORM_EPS, L2_EPS,
-        HAS_SLOTS=slots is not None, FUSE_NORM=fuse, N=N, BLOCK_V=block_v, num_warps=num_warps)
+        HAS_SLOTS=slots is not None, FUSE_NORM=fuse, HAS_W0=fx["w0"] is not None,
+        HAS_A0=fx["a0"] is not None, HAS_VRES=fx["v_first"] is not None,
+        N=N, BLOCK_V=block_v, num_warps=num_warps)
     if not fuse:
-        _post(y, r, k, v, a, g, params, out, H, N)
+        _post(y, r, k, v, a, g, params, out, H, N, fx)
     return out
 
 
-def _prefill(r, w, k, v, a, g, state, slots, params, wkv):
+def _prefill(r, w, k, v, a, g, state, slots, params, fx: dict, wkv):
     """Pre-kernel, ``wkv`` recurrence, post-kernel; ``state`` rows are updated in place."""
     B, T, C = r.shape
     H, N = state.shape[1], state.shape[-1]
+    # prefill is matmul bound: the optional fused inputs are applied with plain torch here
+    if fx["w0"] is not None:
+        w = w + fx["w0"]
+    if fx["a0"] is not None:
+        a = torch.sigmoid(a + fx["a0"])
+    if fx["v_first"] is not None:
+        v = v + (fx["v_first"] - v) * torch.sigmoid(fx["v_gate"] + fx["v0"])
     kk_w, k_a, _, _, _ = params
     kp, nkk, kka = (torch.empty((B, T, H, N), device=r.device, dtype=r.dtype) for _ in range(3))
     grid = (triton.cdiv(B * T, PREFILL_BLOCK_T), H)
@@ -271,10 +327,12 @@ def _prefill(r, w, k, v, a, g, state, slots, params, wkv):
         state.index_copy_(0, slots, s_out)
     y = _unit_c(y.reshape(B, T, C))
     out = torch.empty((B, T, C), device=r.device, dtype=r.dtype)
-    return _post(y, r, k, v, a, g, params, out, H, N)
+    plain = dict.fromkeys(fx)
+    return _post(y, r, k, v, a, g, params, out, H, N, plain)
 
 
 def tmix_core_triton(r, w, k, v, a, g, state, *, k_k, k_a, r_k, ln_w, ln_b, wkv=None, slots=None,
+                     w0=None, a0=None, v0=None, v_first=None, v_gate=None,
                      block_v: int | None = None, num_warps: int | None = None):
     """See the module docstring. Returns (out [B,T,C] r.dtype, state) with state updated in place."""
     B, T, C = r.shape
@@ -285,17 +343,25 @@ def tmix_core_triton(r, w, k, v, a, g, state, *, k_k, k_a, r_k, ln_w, ln_b, wkv=
     assert C == H * N and N % block_v == 0, "C must be H*N and block_v must divide N"
     assert state.dtype == torch.float32 and state.shape[1:] == (H, N, N), "state must be [S,H,N,N] fp32"
     assert state.is_contiguous(), "the state pool must be contiguous"
+    assert (v_first is None) == (v_gate is None) == (v0 is None), "v_first, v_gate, v0 go together"
     if slots is not None:
         assert slots.shape == (B,) and not slots.dtype.is_floating_point, "slots must be an int [B]"
         slots = slots.to(device=state.device, dtype=torch.int64)
     else:
         assert state.shape[0] >= B, "state pool smaller than the batch"
     r, w, k, v, a, g = (_unit_c(t) for t in (r, w, k, v, a, g))
+    fx = dict(w0=w0, a0=a0, v0=v0, v_first=v_first, v_gate=v_gate)
+    for n in ("w0", "a0", "v0"):
+        if fx[n] is not None:
+            fx[n] = fx[n].reshape(-1).contiguous()
+    for n in ("v_first", "v_gate"):
+        if fx[n] is not None:
+            fx[n] = _unit_c(fx[n])
     if T == 0 or B == 0:
         return r.new_empty((B, T, C)), state
     params = _params(k_k, k_a, r_k, ln_w, ln_b)
     if T <= DECODE_MAX_T or wkv is None:
-        return _step(r, w, k, v, a, g, state, slots, params, block_v, num_warps), state
+        return _step(r, w, k, v, a, g, state, slots, params, fx, block_v, num_warps), state
     if slots is None and state.shape[0] != B:
         slots = torch.arange(B, device=state.device)
-    return _prefill(r, w, k, v, a, g, state, slots, params, wkv), state
+    return _prefill(r, w, k, v, a, g, state, slots, params, fx, wkv), state
