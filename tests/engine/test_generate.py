@@ -90,11 +90,11 @@ def test_penalties_match_official_pipeline(world_model):
     assert len(set(official)) < len(official)  # some tokens repeated
 
 
-def test_generator_accepts_compat_rwkv(world_path, world_model):
-    model = rwkvrt.RWKV(str(world_path), "cpu fp32")  # its forward returns [V], not [B, V]
+def test_generator_accepts_compat_rwkv(ckpt_factory, byte_model):
+    model = rwkvrt.RWKV(str(ckpt_factory(2, 64, 256, 0)), "cpu fp32")  # its forward returns [V], not [B, V]
     a, b = Generation(), Generation()
     list(Generator(model).stream("Once upon a time", max_tokens=10, params=GREEDY, result=a))
-    list(Generator(world_model).stream("Once upon a time", max_tokens=10, params=GREEDY, result=b))
+    list(Generator(byte_model).stream("Once upon a time", max_tokens=10, params=GREEDY, result=b))
     assert a.tokens == b.tokens and len(a.tokens) == 10
 
 
