@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from test_timemix_triton import sm90_ptxas_report
+
 from rwkvrt.ops import ffn
 from rwkvrt.ops.ffn.reference import relu_square_reference_
 
@@ -43,3 +45,9 @@ def test_ffn_resolve():
     assert ffn.resolve("cpu") is relu_square_reference_
     pytest.importorskip("triton")
     assert ffn.resolve("cuda", "triton") is _relu()
+
+
+def test_relu_square_kernel_compiles_for_sm90_without_spills():
+    tr = pytest.importorskip("rwkvrt.ops.ffn.triton_relu")
+    report = sm90_ptxas_report(tr.relu_square_fwd_kernel, {"x_ptr": "*bf16"}, {"BLOCK": tr.BLOCK}, 4)
+    assert " 0 bytes spill stores" in report, report

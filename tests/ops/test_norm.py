@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from test_timemix_triton import sm90_ptxas_report
+
 from rwkvrt.ops import norm
 from rwkvrt.ops.norm.reference import add_layer_norm_reference, layer_norm_reference
 
@@ -75,3 +77,12 @@ def test_norm_resolve():
     pytest.importorskip("triton")
     ops = norm.resolve("cuda", "triton")
     assert ops.backend == "triton" and ops.add_layer_norm is _tn().add_layer_norm_triton
+
+
+@pytest.mark.parametrize("C,num_warps", [(1024, 4), (2048, 8), (4096, 8), (8192, 16)])
+def test_norm_kernel_compiles_for_sm90_without_spills(C, num_warps):
+    """The launch's own warp choice for each width (bf16 activations, fp32 residual stream)."""
+    tn = pytest.importorskip("rwkvrt.ops.norm.triton_norm")
+    types = {"x_ptr": "*bf16", "res_ptr": "*fp32", "out_ptr": "*bf16", "newres_ptr": "*fp32", "eps": "fp32"}
+    report = sm90_ptxas_report(tn.add_layer_norm_fwd_kernel, types, {"HAS_RESIDUAL": True, "BLOCK_C": C}, num_warps)
+    assert " 0 bytes spill stores" in report, report

@@ -188,7 +188,7 @@ def test_tmix_resolve_returns_triton():
     assert timemix.resolve("cuda", "triton") is _core()
 
 
-def _sm90_ptxas_report(kernel, types: dict, constexprs: dict, num_warps: int) -> str:
+def sm90_ptxas_report(kernel, types: dict, constexprs: dict, num_warps: int) -> str:
     """Compile ``kernel`` ahead of time for sm_90 (no GPU needed) and return ptxas's -v report.
 
     Pointers and the [B, T, C] strides are marked 16-divisible, as the JIT specialises them
@@ -236,6 +236,19 @@ def test_tmix_step_kernel_compiles_for_sm90_without_spills(block_v, num_warps, f
     types = acts | {"out_ptr": "*bf16" if fuse else "*fp32", "slots_ptr": "*i64",
                     "decay_scale": "fp32", "gn_eps": "fp32", "l2_eps": "fp32"}
     flags = dict.fromkeys(("HAS_W0", "HAS_A0", "HAS_VRES"), fused_inputs)
-    report = _sm90_ptxas_report(kernel, types, {"HAS_SLOTS": True, "FUSE_NORM": fuse, "N": 64,
+    report = sm90_ptxas_report(kernel, types, {"HAS_SLOTS": True, "FUSE_NORM": fuse, "N": 64,
                                                 "BLOCK_V": block_v, **flags}, num_warps)
     assert " 0 bytes spill stores" in report, report
+
+
+@pytest.mark.parametrize("fused_inputs", [False, True])
+def test_tmix_pre_post_kernels_compile_for_sm90_without_spills(fused_inputs):
+    tf = pytest.importorskip("rwkvrt.ops.timemix.triton_fused")
+    bf = "*bf16"
+    pre = sm90_ptxas_report(tf.tmix_pre_fwd_kernel, {n: bf for n in ("k_ptr", "a_ptr", "kp_ptr", "nkk_ptr", "kka_ptr")}
+                            | {"l2_eps": "fp32"}, {"BLOCK_T": 16, "N": 64}, 4)
+    post = sm90_ptxas_report(tf.tmix_post_fwd_kernel, {n: bf for n in ("r_ptr", "k_ptr", "v_ptr", "a_ptr", "g_ptr",
+                                                                      "vf_ptr", "vg_ptr", "out_ptr")}
+                             | {"gn_eps": "fp32"}, {"HAS_A0": fused_inputs, "HAS_VRES": fused_inputs,
+                                                    "BLOCK_T": 16, "N": 64}, 4)
+    assert " 0 bytes spill stores" in pre and " 0 bytes spill stores" in post, pre + post

@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from test_timemix_triton import sm90_ptxas_report
+
 from rwkvrt.ops import token_shift
 from rwkvrt.ops.token_shift.reference import lerp1_reference, lerp6_reference
 
@@ -72,3 +74,11 @@ def test_token_shift_resolve():
     pytest.importorskip("triton")
     ops = token_shift.resolve("cuda", "triton")
     assert ops.backend == "triton" and ops.lerp6 is _lerp().lerp6_triton
+
+
+@pytest.mark.parametrize("M", [1, 6])
+def test_lerp_kernel_compiles_for_sm90_without_spills(M):
+    tlp = pytest.importorskip("rwkvrt.ops.token_shift.triton_lerp")
+    report = sm90_ptxas_report(tlp.lerp_fwd_kernel, {"x_ptr": "*bf16", "prev_ptr": "*bf16", "out_ptr": "*bf16"},
+                               {"M": M, "BLOCK_C": 512}, 4)
+    assert " 0 bytes spill stores" in report, report
