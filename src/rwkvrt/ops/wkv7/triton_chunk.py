@@ -1,0 +1,190 @@
+"""WKV7 in exact chunkwise form with Triton (prefill): tensor-core products, fp32 accumulation.
+
+Same convention as ``rwkvrt.ops.wkv7``; the algebra is the one in ``torch_chunked.py``'s
+docstring (per head, per chunk of C tokens starting from state S0, G the inclusive
+cumulative log decay, per key channel):
+
+    A_ab = tril(aG bI^T, -1)  A_ak = tril(aG kI^T, -1)  A_rb = tril(rG bI^T)  A_rk = tril(rG kI^T)
+        aG = a e^{G_{t-1}},  rG = r e^{G_t},  bI = b e^{-G_j},  kI = k e^{-G_j}
+    Tinv = (I - A_ab)^{-1}                 (unit lower triangular, forward substitution)
+    P = Tinv aG,  U = Tinv (A_ak V)         so that W = [S_{t-1} a_t] = P S0^T + U
+    Q = rG + A_rb P,  Yc = A_rb U + A_rk V   so that Y = Yc + Q S0^T
+    M = diag(e^{G_C}) + P^T (b e^{G_C-G}),  E = U^T (b e^{G_C-G}) + V^T (k e^{G_C-G})
+    so that S_C = S0 M + E.
+
+Two kernels:
+  1. ``wkv7_chunk_prep_kernel``, grid (chunks, B*H): everything that does not depend on
+     S0 (Q, Yc [C, N] and M, E [N, N] per chunk, fp32 scratch).
+  2. ``wkv7_chunk_scan_kernel``, grid (N // BLOCK_V, B*H): walks the chunks in order
+     with a [BLOCK_V, N] block of state rows in registers (value rows evolve
+     independently): Y_c = Yc_c + Q_c S_c^T (written out), S_{c+1} = S_c M_c + E_c.
+     Chunk start states are never stored; the final state is written in place.
+Scratch memory: 2*T*N + 2*ceil(T/C)*N*N fp32 per (batch, head).
+
+Precision: all factors stay fp32 (e^{-G} reaches 0.545^-64 ~ 7e16 at C = 64: fine in
+fp32/tf32, whose exponent range is fp32's, but not in fp16/bf16), every ``tl.dot``
+takes fp32 operands and accumulates in fp32, with ``input_precision`` PREC: "tf32x3"
+(3 tf32 products, ~fp32 accuracy) for fp32 activations, "tf32" for fp16/bf16 ones
+(error ~1e-3, far under their tolerance). The upper triangles of the A matrices,
+where e^{G_{t-1}-G_j} > 1, are removed with ``tl.where`` (never multiplied by 0, so
+a large value there cannot turn into NaN). Padded tokens past T load k=v=a=b=r=0 and
+log decay 0: they leave the state unchanged and their outputs are not stored.
+
+Imports triton: only import this module on a machine that has it.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+_DECAY_SCALE = 0.6065306597126334  # exp(-0.5), as reference.DECAY_SCALE
+
+CHUNK = 32
+
+
+@triton.jit
+def wkv7_chunk_prep_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr,
+                           q_ptr, yc_ptr, m_ptr, e_ptr, T, NC,
+                           H: tl.constexpr, N: tl.constexpr, C: tl.constexpr,
+                           PREC: tl.constexpr):
+    """Grid (NC, B*H). Inputs [B, T, H, N]; writes Q, Yc [B*H, NC, C, N], M, E [B*H, NC, N, N] fp32."""
+    pid_c = tl.program_id(0)
+    pid_bh = tl.program_id(1).to(tl.int64)
+    b_idx = pid_bh // H
+    h_idx = pid_bh % H
+    tt = tl.arange(0, C)                       # token within the chunk
+    nn = tl.arange(0, N)                       # channel
+    tok = pid_c * C + tt
+    live = tok < T
+    offs = ((b_idx * T + tok[:, None]) * H + h_idx) * N + nn[None, :]
+    lmask = live[:, None]
+
+    w = tl.load(w_ptr + offs, mask=lmask, other=0.0).to(tl.float32)
+    ld = tl.where(lmask, -_DECAY_SCALE * tl.sigmoid(w), 0.0)   # log decay, [C, N]
+    G = tl.cumsum(ld, axis=0)                  # inclusive
+    gC = tl.sum(ld, axis=0)                    # whole-chunk log decay, [N]
+    enG = tl.exp(-G)
+
+    a = tl.load(a_ptr + offs, mask=lmask, other=0.0).to(tl.float32)
+    bb = tl.load(b_ptr + offs, mask=lmask, other=0.0).to(tl.float32)
+    k = tl.load(k_ptr + offs, mask=lmask, other=0.0).to(tl.float32)
+    r = tl.load(r_ptr + offs, mask=lmask, other=0.0).to(tl.float32)
+    aG = a * tl.exp(G - ld)
+    rG = r * tl.exp(G)
+    bI = bb * enG
+    kI = k * enG
+
+    strict = tt[:, None] > tt[None, :]
+    lower = tt[:, None] >= tt[None, :]
+    A_ab = tl.where(strict, tl.dot(aG, tl.trans(bI), input_precision=PREC), 0.0)
+    A_ak = tl.where(strict, tl.dot(aG, tl.trans(kI), input_precision=PREC), 0.0)
+    A_rb = tl.where(lower, tl.dot(rG, tl.trans(bI), input_precision=PREC), 0.0)
+    A_rk = tl.where(lower, tl.dot(rG, tl.trans(kI), input_precision=PREC), 0.0)
+
+    # Tinv = I + A_ab Tinv, row by row (row i only needs rows j < i, already final).
+    Tinv = tl.where(tt[:, None] == tt[None, :], 1.0, 0.0)
+    for i in range(1, C):
+        sel = tt[:, None] == i
+        l_row = tl.sum(tl.where(sel, A_ab, 0.0), axis=0)            # A_ab[i, :], [C]
+        new = tl.sum(l_row[:, None] * Tinv, axis=0)                  # (A_ab Tinv)[i, :]
+        Tinv = tl.where(sel, Tinv + new[None, :], Tinv)
+
+    v = tl.load(v_ptr + offs, mask=lmask, other=0.0).to(tl.float32)
+    P = tl.dot(Tinv, aG, input_precision=PREC)                                      # [C, K]
+    U = tl.dot(Tinv, tl.dot(A_ak, v, input_precision=PREC), input_precision=PREC)  # [C, V]
+    Q = tl.dot(A_rb, P, acc=rG, input_precision=PREC)
+    Yc = tl.dot(A_rk, v, acc=tl.dot(A_rb, U, input_precision=PREC), input_precision=PREC)
+
+    base_cn = (pid_bh * NC + pid_c) * C * N
+    cn = tt[:, None] * N + nn[None, :]
+    tl.store(q_ptr + base_cn + cn, Q)
+    tl.store(yc_ptr + base_cn + cn, Yc)
+
+    dte = tl.exp(gC[None, :] - G)              # e^{G_C - G_j} <= 1
+    bT = bb * dte
+    kT = k * dte
+    diag = tl.where(nn[:, None] == nn[None, :], tl.exp(gC)[None, :], 0.0)
+    M = tl.dot(tl.trans(P), bT, acc=diag, input_precision=PREC)                    # [K, K]
+    E = tl.dot(tl.trans(v), kT, acc=tl.dot(tl.trans(U), bT, input_precision=PREC),
+               input_precision=PREC)                                                # [V, K]
+    base_nn = (pid_bh * NC + pid_c) * N * N
+    nk = nn[:, None] * N + nn[None, :]
+    tl.store(m_ptr + base_nn + nk, M)
+    tl.store(e_ptr + base_nn + nk, E)
+
+
+@triton.jit
+def wkv7_chunk_scan_kernel(q_ptr, yc_ptr, m_ptr, e_ptr, s_ptr, y_ptr, T, NC,
+                           H: tl.constexpr, N: tl.constexpr, C: tl.constexpr,
+                           BLOCK_V: tl.constexpr, PREC: tl.constexpr):
+    """Grid (N // BLOCK_V, B*H). Reads the prep scratch; writes y [B, T, H, N]; state in place."""
+    pid_v = tl.program_id(0)
+    pid_bh = tl.program_id(1).to(tl.int64)
+    b_idx = pid_bh // H
+    h_idx = pid_bh % H
+    tt = tl.arange(0, C)
+    nn = tl.arange(0, N)
+    rows = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)   # value rows of this program
+
+    s_ptrs = s_ptr + pid_bh * N * N + rows[:, None] * N + nn[None, :]
+    S = tl.load(s_ptrs)                              # [BLOCK_V, K] fp32
+
+    # while, not range(NC): the Triton 3.6 interpreter cannot range over a runtime scalar
+    c = 0
+    while c < NC:
+        base_cn = (pid_bh * NC + c) * C * N
+        Q = tl.load(q_ptr + base_cn + tt[:, None] * N + nn[None, :])       # [C, K]
+        Yc = tl.load(yc_ptr + base_cn + tt[:, None] * N + rows[None, :])   # [C, BLOCK_V]
+        Y = tl.dot(Q, tl.trans(S), acc=Yc, input_precision=PREC)
+        tok = c * C + tt
+        y_offs = ((b_idx * T + tok[:, None]) * H + h_idx) * N + rows[None, :]
+        tl.store(y_ptr + y_offs, Y.to(y_ptr.dtype.element_ty), mask=(tok < T)[:, None])
+
+        base_nn = (pid_bh * NC + c) * N * N
+        M = tl.load(m_ptr + base_nn + nn[:, None] * N + nn[None, :])       # [K, K]
+        E = tl.load(e_ptr + base_nn + rows[:, None] * N + nn[None, :])     # [BLOCK_V, K]
+        S = tl.dot(S, M, acc=E, input_precision=PREC)
+        c += 1
+    tl.store(s_ptrs, S)
+
+
+def wkv7_chunk_triton(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      a: torch.Tensor, b: torch.Tensor, state: torch.Tensor, *,
+                      chunk_size: int = CHUNK, block_v: int | None = None,
+                      precision: str | None = None, prep_warps: int | None = None,
+                      scan_warps: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunkwise WKV7 on the GPU (or the Triton interpreter).
+
+    r, w, k, v, a, b : [B, T, H, N] contiguous, same dtype (fp32 / fp16 / bf16); w raw logit.
+    state            : [B, H, N, N] float32 contiguous, layout [batch, head, value, key];
+                       MUTATED in place to the final state (and returned).
+    chunk_size       : 16, 32 or 64 tokens per chunk (64 is the fp32 range limit of e^{-G}).
+    block_v          : state rows per scan program (power of 2, 16..N; default 16).
+    precision        : tl.dot input_precision; default "tf32x3" for fp32 inputs, else "tf32".
+    Returns y [B, T, H, N] in r's dtype and ``state``. Allocates fp32 scratch of
+    2*B*H*(T_pad*N + NC*N*N) values; no host syncs (CUDA-graph capturable for fixed T).
+    """
+    B, T, H, N = r.shape
+    assert chunk_size in (16, 32, 64), "chunk_size must be 16, 32 or 64"
+    assert state.dtype == torch.float32 and state.is_contiguous() and state.shape == (B, H, N, N)
+    assert all(x.is_contiguous() and x.shape == r.shape for x in (r, w, k, v, a, b))
+    assert N >= 16 and (N & (N - 1)) == 0, "N must be a power of 2 >= 16"
+    y = torch.empty_like(r)
+    if T == 0 or B == 0:
+        return y, state
+    C = chunk_size
+    NC = triton.cdiv(T, C)
+    prec = precision or ("tf32x3" if r.dtype == torch.float32 else "tf32")
+    bv = block_v or 16
+    assert N % bv == 0 and bv >= 16
+    dev = r.device
+    q = torch.empty((B * H, NC, C, N), dtype=torch.float32, device=dev)
+    yc = torch.empty_like(q)
+    m = torch.empty((B * H, NC, N, N), dtype=torch.float32, device=dev)
+    e = torch.empty_like(m)
+    wkv7_chunk_prep_kernel[(NC, B * H)](r, w, k, v, a, b, q, yc, m, e, T, NC, H=H, N=N, C=C,
+                                         PREC=prec, num_warps=prep_warps or (4 if C <= 32 else 8))
+    wkv7_chunk_scan_kernel[(N // bv, B * H)](q, yc, m, e, state, y, T, NC, H=H, N=N, C=C,
+                                              BLOCK_V=bv, PREC=prec, num_warps=scan_warps)
+    return y, state
