@@ -168,7 +168,7 @@ def test_bad_sampling_parameters(kw, name, model):
 
 @pytest.mark.parametrize("opt, val, name", [("--temperature", "-1", "temperature"), ("--top-p", "1.5", "top_p"),
                                             ("--top-k", "-3", "top_k"), ("--temperature", "nan", "temperature"),
-                                            ("--max-tokens", "-5", "max_tokens"), ("--chunk-len", "0", "chunk-len")])
+                                            ("--max-tokens", "-5", "max_tokens"), ("--chunk-len", "0", "chunk_len")])
 def test_bad_sampling_cli(opt, val, name, path, capsys):
     line = cli_error(["generate", "-m", path, opt, val, "hello"], capsys)
     assert name in line and "Fix:" in line
@@ -234,3 +234,19 @@ def test_cli_unknown_tokenizer(ckpt_factory, capsys):
     p = ckpt_factory(1, 64, 300, 0)  # vocab 300 has no known tokenizer
     line = cli_error(["generate", "-m", p, "hello"], capsys)
     assert "tokenizer" in line and "convert --tokenizer" in line
+
+
+def test_bad_id_late_in_long_prompt_leaves_state_untouched(model):
+    st = model.zero_state(1)
+    model.forward([1, 2, 3], st)
+    snap = snapshot(st)
+    prompt = [65] * 10 + [256]
+    with pytest.raises(TokenError, match="outside the vocabulary"):
+        list(Generator(model, chunk_len=4).stream(prompt, state=st, max_tokens=3))
+    assert same(st, snap)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5])
+def test_bad_chunk_len(model, bad):
+    with pytest.raises(SamplingError, match="chunk_len"):
+        Generator(model, chunk_len=bad)

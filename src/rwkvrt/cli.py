@@ -166,8 +166,6 @@ def _stops(args) -> tuple[str, ...]:
 def _generator(args, model):
     from .engine import Generator
 
-    if args.chunk_len < 1:
-        raise UserError("bad --chunk-len", expected="an integer >= 1", got=str(args.chunk_len), fix="use e.g. 256")
     return Generator(model, chunk_len=args.chunk_len)
 
 

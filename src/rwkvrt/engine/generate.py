@@ -29,7 +29,12 @@ class Generator:
     """
 
     def __init__(self, model, *, chunk_len: int = 256):
+        from ..errors import SamplingError
         from ..model import Model
+
+        if not isinstance(chunk_len, int) or isinstance(chunk_len, bool) or chunk_len < 1:
+            raise SamplingError("bad chunk_len", expected="an integer >= 1", got=repr(chunk_len),
+                                fix="use e.g. chunk_len=256")
 
         self.model = model
         # always the native forward (logits [B, V]), also for the drop-in RWKV class whose forward drops B
@@ -92,6 +97,8 @@ class Generator:
         if not tokens:
             from ..errors import TokenError
             raise TokenError("empty prompt", expected="at least one token", got="''", fix="give a prompt")
+        # check every id before the first chunk is read, so a bad id late in a long prompt leaves the state as it was
+        self.model.tokens_tensor(tokens)
         # the prompt is read even when max_tokens is 0, so a state can be primed and saved
         logits, state = self.prefill(tokens, state)
         for i in range(max_tokens):
