@@ -169,6 +169,18 @@ def _generator(args, model):
     return Generator(model, chunk_len=args.chunk_len)
 
 
+def _check_save_path(args) -> None:
+    """Fail before generating, not after, when --save-state cannot be written."""
+    if not args.save_state:
+        return
+    p = Path(args.save_state).expanduser()
+    if p.is_dir():
+        raise UserError("--save-state names a directory", got=f"'{p}'", fix="give a file name, e.g. state.safetensors")
+    if not p.parent.is_dir():
+        raise UserError("--save-state: the directory does not exist", got=f"'{p.parent}'",
+                        fix="create it first or choose another path")
+
+
 def _initial_state(args, model):
     from .state_io import load_state
 
@@ -206,6 +218,7 @@ def cmd_generate(args) -> int:
     else:
         prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     params, stops = _params(args), _stops(args)
+    _check_save_path(args)
     model = _load_model(args)
     gen = _generator(args, model)
     state = _initial_state(args, model)
@@ -240,6 +253,7 @@ def cmd_chat(args) -> int:
     params, stops = _params(args), _stops(args) or ("\n\n",)
     if "\n\n" not in stops:
         stops = stops + ("\n\n",)
+    _check_save_path(args)
     model = _load_model(args)
     gen = _generator(args, model)
     state = _initial_state(args, model)
@@ -269,7 +283,15 @@ def cmd_chat(args) -> int:
             if len(parts) != 2:
                 print("rwkvrt: error: /save needs a file name. Fix: type /save FILE", file=sys.stderr)
                 continue
-            save_state(state, parts[1], model)
+            try:
+                target = Path(parts[1]).expanduser()
+                if target.is_dir() or not target.parent.is_dir():
+                    raise UserError("cannot save the state there", got=f"'{target}'",
+                                    fix="give a file name in an existing directory")
+                save_state(state, target, model)
+            except (RWKVRTError, OSError) as e:  # keep chatting after a bad /save
+                print(f"rwkvrt: error: {' '.join(str(e).split())}", file=sys.stderr)
+                continue
             print(f"(state saved to {parts[1]})", file=sys.stderr)
             continue
         res = Generation()
