@@ -1,0 +1,42 @@
+"""The Triton WKV7 entry point: the step kernel for small T, the chunked kernels above.
+
+Same convention as ``rwkvrt.ops.wkv7``. The choice depends on shapes only (host-side
+Python ints), so a call makes no host sync and is CUDA-graph capturable for a fixed T.
+
+Imports triton: only import this module on a machine that has it.
+"""
+from __future__ import annotations
+
+import torch
+
+from .triton_chunk import CHUNK, wkv7_chunk_triton
+from .triton_recurrent import wkv7_recurrent_triton
+
+# T at or below which the step kernel beats the chunked pair. Untuned guess: the step
+# kernel costs ~T sequential steps of a few hundred ns, the chunked pair a fixed ~10-20 us
+# of two launches plus prep; measure on the target GPU (benchmarks) and set it here.
+CROSSOVER = 32
+
+
+def wkv7_triton(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                a: torch.Tensor, b: torch.Tensor, state: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """WKV7 with Triton kernels.
+
+    r, w, k, v, a, b : [B, T, H, N] (fp32 / fp16 / bf16; made contiguous if they are not).
+    state            : [B, H, N, N] float32, layout [batch, head, value, key]. Updated IN
+                       PLACE when it is fp32 and contiguous (the usual case, keeping its
+                       address stable for CUDA graphs); otherwise a fp32 copy is updated.
+    Returns y [B, T, H, N] in r's dtype and the final state (use the returned tensor).
+    N must be a power of 2 >= 16 (RWKV-7 uses 64); other N go to the torch chunked path.
+    """
+    B, T, H, N = r.shape
+    if N < 16 or N & (N - 1):
+        from .torch_chunked import wkv7_torch_chunked
+        return wkv7_torch_chunked(r, w, k, v, a, b, state)
+    r, w, k, v, a, b = (x if x.is_contiguous() else x.contiguous() for x in (r, w, k, v, a, b))
+    if state.dtype != torch.float32 or not state.is_contiguous():
+        state = state.to(torch.float32).contiguous()
+    if T <= CROSSOVER:
+        return wkv7_recurrent_triton(r, w, k, v, a, b, state)
+    return wkv7_chunk_triton(r, w, k, v, a, b, state, chunk_size=CHUNK)

@@ -1,0 +1,141 @@
+"""Triton WKV7 (step kernel, chunked kernels, dispatcher) against the fp32 reference loop.
+
+Runs on a GPU, or on CPU with TRITON_INTERPRET=1 (correctness only; sizes kept small
+because the interpreter is slow, one N=64 case per kernel).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import TOL, rel_err
+from rwkvrt.ops.wkv7.reference import wkv7_reference
+
+pytestmark = pytest.mark.gpu
+
+
+def make_inputs(B, T, H, N, device, *, dtype=torch.float32, seed=0):
+    """Inputs like a real layer's: a = -kk, b = kk * a_lr (kk unit-norm per head, a_lr in
+    (0, 1)), raw decay logits in about [-8, 4] plus saturating extremes, k scaled so the
+    state stays O(1), and a non-zero fp32 initial state."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rn(*s):
+        return torch.randn(*s, generator=g)
+
+    r, v = rn(B, T, H, N), rn(B, T, H, N)
+    k = rn(B, T, H, N) / N ** 0.5
+    w = torch.rand(B, T, H, N, generator=g) * 12 - 8
+    w[..., 0] = 30.0    # fastest decay (0.545)
+    w[..., 1] = -30.0   # no decay
+    kk = F.normalize(rn(B, T, H, N), dim=-1)
+    a_lr = torch.rand(B, T, H, N, generator=g)
+    xs = tuple(x.to(device=device, dtype=dtype) for x in (r, w, k, v, -kk, kk * a_lr))
+    return xs, (rn(B, H, N, N) * 0.3).to(device)
+
+
+def check(fn, B, T, H, N, device, *, dtype=torch.float32, split=None, **kw):
+    """Run fn over [0, T) (in two calls at ``split`` if given) and compare with the reference."""
+    xs, s0 = make_inputs(B, T, H, N, device, dtype=dtype)
+    y_ref, s_ref = wkv7_reference(*(x.cpu() for x in xs), s0.cpu())
+    state = s0.clone()
+    if split is None:
+        y, s = fn(*xs, state, **kw)
+        assert s is state, "state must be updated in place"
+    else:
+        y1, s = fn(*(x[:, :split].contiguous() for x in xs), state, **kw)
+        y2, s = fn(*(x[:, split:].contiguous() for x in xs), s, **kw)
+        y = torch.cat([y1, y2], dim=1)
+    assert y.dtype == dtype and y.shape == (B, T, H, N) and s.dtype == torch.float32
+    assert torch.isfinite(y).all() and torch.isfinite(s).all()
+    # fp32: the interpreter's dot is exact fp32; on a GPU allow tf32x3 rounding
+    tol = (1e-4 if device == "cpu" else 1e-3) if dtype == torch.float32 else TOL[dtype]
+    assert rel_err(y, y_ref) < tol, ("y", rel_err(y, y_ref))
+    assert rel_err(s, s_ref) < tol, ("state", rel_err(s, s_ref))
+
+
+@pytest.fixture
+def nan_poison(monkeypatch):
+    """Fresh buffers (outputs and scratch) come back full of NaN, so an unwritten element shows."""
+    empty, empty_like = torch.empty, torch.empty_like
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: empty(*a, **k).fill_(float("nan")))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: empty_like(*a, **k).fill_(float("nan")))
+
+
+def _recurrent():
+    from rwkvrt.ops.wkv7.triton_recurrent import wkv7_recurrent_triton
+    return wkv7_recurrent_triton
+
+
+def _chunk():
+    from rwkvrt.ops.wkv7.triton_chunk import wkv7_chunk_triton
+    return wkv7_chunk_triton
+
+
+@pytest.mark.parametrize("B", [1, 3])
+@pytest.mark.parametrize("T", [1, 2, 15, 63, 100])
+def test_wkv7_recurrent_triton_matches_reference(kernel_device, nan_poison, B, T):
+    check(_recurrent(), B, T, 2, 16, kernel_device)
+
+
+@pytest.mark.parametrize("B,T,H,N,kw", [
+    (1, 1000, 1, 16, {}),
+    (1, 20, 1, 64, {}),
+    (2, 9, 1, 64, {"block_v": 32}),
+])
+def test_wkv7_recurrent_triton_shapes(kernel_device, nan_poison, B, T, H, N, kw):
+    check(_recurrent(), B, T, H, N, kernel_device, **kw)
+
+
+@pytest.mark.parametrize("B", [1, 3])
+@pytest.mark.parametrize("T", [1, 2, 15, 63, 100])
+def test_wkv7_chunk_triton_matches_reference(kernel_device, nan_poison, B, T):
+    check(_chunk(), B, T, 2, 16, kernel_device, chunk_size=16)
+
+
+@pytest.mark.parametrize("B,T,H,N,C", [
+    (1, 1000, 1, 16, 16),
+    (1, 100, 1, 32, 32),
+    (2, 77, 1, 16, 64),
+    (1, 130, 1, 64, 64),
+    (1, 45, 2, 64, 32),
+])
+def test_wkv7_chunk_triton_shapes(kernel_device, nan_poison, B, T, H, N, C):
+    check(_chunk(), B, T, H, N, kernel_device, chunk_size=C)
+
+
+@pytest.mark.parametrize("impl,split", [("recurrent", 7), ("chunk", 37), ("chunk", 32)])
+def test_wkv7_triton_chained_calls(kernel_device, impl, split):
+    fn, kw = (_recurrent(), {}) if impl == "recurrent" else (_chunk(), {"chunk_size": 16})
+    check(fn, 2, 70 if impl == "chunk" else 20, 2, 16, kernel_device, split=split, **kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("impl", ["recurrent", "chunk"])
+def test_wkv7_triton_half_inputs(kernel_device, impl, dtype):
+    fn, kw = (_recurrent(), {}) if impl == "recurrent" else (_chunk(), {"chunk_size": 32})
+    check(fn, 2, 40, 2, 32, kernel_device, dtype=dtype, **kw)
+
+
+@pytest.mark.parametrize("T", [0, 5, 50])
+def test_wkv7_triton_dispatch(kernel_device, T):
+    from rwkvrt.ops.wkv7 import resolve
+    fn = resolve(kernel_device if kernel_device == "cuda" else "cuda", "triton")
+    if T == 0:
+        xs, s0 = make_inputs(1, 0, 2, 16, kernel_device)
+        y, s = fn(*xs, s0.clone())
+        assert y.shape == (1, 0, 2, 16) and torch.equal(s, s0)
+        return
+    check(fn, 2, T, 2, 16, kernel_device)
+
+
+def test_wkv7_triton_dispatch_noncontiguous(kernel_device):
+    from rwkvrt.ops.wkv7.triton_dispatch import wkv7_triton
+    xs, s0 = make_inputs(1, 40, 2, 16, kernel_device)
+    y_ref, s_ref = wkv7_reference(*(x.cpu() for x in xs), s0.cpu())
+    # [B, H, T, N] storage viewed as [B, T, H, N]; a state with transposed storage
+    xs_nc = tuple(x.transpose(1, 2).contiguous().transpose(1, 2) for x in xs)
+    s_nc = s0.mT.contiguous().mT
+    y, s = wkv7_triton(*xs_nc, s_nc)
+    assert rel_err(y, y_ref) < 1e-3 and rel_err(s, s_ref) < 1e-3
