@@ -11,15 +11,35 @@
              with shifted[:, t] = x[:, t - 1] and shifted[:, 0] = x_prev;
              computed in float32, rounded once to x's dtype.
     new_prev : [B, C] = x[:, -1], a view of x (copy it into the state).
+
+The block-level fusion (residual add + LayerNorm + token shift + state update, one launch):
+
+    xs, new_res = add_ln_lerp(x, residual, weight, bias, x_prev, mix, *, eps=1e-5, slots=None)
+
+    x        : [B, T, C] activation dtype (the branch output to add), or None (no add:
+               ``residual`` is the stream itself and is returned as new_res), not mutated
+    residual : [B, T, C] fp32 or activation dtype, not mutated
+    weight, bias : [C] the LayerNorm (ln1 before time-mix, ln2 before channel-mix)
+    x_prev   : [S, C] pool of the previous token's normed input (the state's att_x / ffn_x),
+               any float dtype, row slots[b] (b when slots is None) read as the shift of
+               token 0 and then UPDATED IN PLACE to the normed input of token T-1
+    mix      : [M, C] or [C] (M = 1)
+    slots    : [B] integer tensor or None
+    new_res  = x + residual in residual's dtype (new tensor; ``residual`` itself if x is None)
+    xn       = LayerNorm(new_res) in fp32, rounded to the activation dtype (x's, or residual's
+               when x is None): exactly what add_layer_norm / layer_norm return
+    xs       : [M, B, T, C] activation dtype = lerp rows of xn as above (new tensor)
+It replaces ``add_layer_norm`` + ``lerp6`` / ``lerp1`` + the copy into the state: one read of
+the stream, no normed tensor round trip, no separate state copy.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
 
-from .reference import lerp1_reference, lerp6_reference
+from .reference import add_ln_lerp_reference, lerp1_reference, lerp6_reference
 
-__all__ = ["TokenShiftOps", "lerp6_reference", "lerp1_reference", "resolve"]
+__all__ = ["TokenShiftOps", "add_ln_lerp_reference", "lerp6_reference", "lerp1_reference", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +48,7 @@ class TokenShiftOps:
 
     lerp6: Callable
     lerp1: Callable
+    add_ln_lerp: Callable
     backend: str
 
 
@@ -35,17 +56,17 @@ def resolve(device: str, backend: str = "auto") -> TokenShiftOps:
     """Return the token-shift functions for ``device``; auto -> triton on cuda, reference elsewhere."""
     from ...errors import BackendError
 
-    reference = TokenShiftOps(lerp6_reference, lerp1_reference, "reference")
+    reference = TokenShiftOps(lerp6_reference, lerp1_reference, add_ln_lerp_reference, "reference")
     if backend in ("reference", "torch") or (backend == "auto" and not device.startswith("cuda")):
         return reference
     if backend in ("triton", "auto"):
         try:
-            from .triton_lerp import lerp1_triton, lerp6_triton
+            from .triton_lerp import add_ln_lerp_triton, lerp1_triton, lerp6_triton
         except ImportError as e:
             if backend == "triton":
                 raise BackendError("the triton backend for token shift is not available",
                                    got=str(e), fix="pip install 'rwkvrt[gpu]' on a CUDA machine") from None
             return reference
-        return TokenShiftOps(lerp6_triton, lerp1_triton, "triton")
+        return TokenShiftOps(lerp6_triton, lerp1_triton, add_ln_lerp_triton, "triton")
     raise BackendError("unknown token-shift backend", expected="auto, reference, torch or triton",
                        got=repr(backend), fix="pick one of those")
