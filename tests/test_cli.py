@@ -299,3 +299,22 @@ def test_bench_registered(capsys):
     if importlib.util.find_spec("rwkvrt.bench") is None:
         rc, _, err = run(["bench"], capsys)
         assert rc == 2 and len(err.strip().splitlines()) == 1 and "bench" in err
+
+
+def test_chat_bans_end_of_text_like_official_demo(ckpt_factory, capsys, monkeypatch):
+    from rwkvrt.engine import Generator
+
+    seen = []
+    real = Generator.stream
+
+    def spy(self, prompt, **kw):
+        seen.append((prompt, kw["params"], kw["stop"]))
+        return real(self, prompt, **kw)
+
+    monkeypatch.setattr(Generator, "stream", spy)
+    p = ckpt_factory(2, 64, 65536, 0)
+    rc, out, err = run(["chat", "-m", p, "-n", 3], capsys, "hi\r\n", monkeypatch)
+    assert rc == 0, err
+    (prompt, params, stop), = seen
+    assert prompt == "User: hi\n\nAssistant:" and 0 in params.token_ban and "\n\n" in stop
+    assert (params.top_p, params.presence_penalty, params.frequency_penalty) == (0.3, 0.5, 0.5)

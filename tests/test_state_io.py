@@ -88,8 +88,9 @@ def test_official_state_tuning_file_transposed(model, tmp_path):
 
 
 def test_state_tuning_layout_against_official_package(official_factory, ckpt_factory, tmp_path):
-    """Official rwkv 0.8.32 reads no state files; its state list keeps state[3i+1] as [H, value, key]
-    (vk = v @ k^T). A state-tuning file, stored [H, key, value], goes in transposed: same logits as rwkvrt."""
+    """Official rwkv 0.8.32 reads no state files; BlinkDL's chat demo (ChatRWKV API_DEMO_CHAT.py) loads one as
+    ``state[i*3+1] = time_state.transpose(1, 2)``. Doing that by hand for the official model must give the
+    same logits as rwkvrt.load_state."""
     off = official_factory(2, 128, 1000, 0)
     ours = rwkvrt.load(ckpt_factory(2, 128, 1000, 0))
     cfg = ours.config

@@ -40,21 +40,22 @@ def _add_model_args(p: argparse.ArgumentParser, *, model_option: bool = True) ->
                         "Default: 'cuda fp16' when a CUDA GPU is visible, else 'cpu fp32'.")
 
 
-def _add_sampling_args(p: argparse.ArgumentParser, *, max_tokens: int) -> None:
-    g = p.add_argument_group("sampling (defaults are the official PIPELINE_ARGS ones)")
+def _add_sampling_args(p: argparse.ArgumentParser, *, max_tokens: int, top_p: float = 0.85, presence: float = 0.2,
+                       frequency: float = 0.2, source: str = "the official PIPELINE_ARGS") -> None:
+    g = p.add_argument_group(f"sampling (defaults are {source} ones)")
     g.add_argument("--max-tokens", "-n", type=int, default=max_tokens, metavar="N",
                    help=f"most tokens to generate (default {max_tokens}); 0 only reads the prompt")
     g.add_argument("--temperature", "-t", type=float, default=1.0, metavar="T",
                    help="sampling temperature >= 0; 0 is greedy (default 1.0)")
-    g.add_argument("--top-p", type=float, default=0.85, metavar="P",
-                   help="nucleus sampling, in [0, 1]; 1 is off, 0 is greedy (default 0.85)")
+    g.add_argument("--top-p", type=float, default=top_p, metavar="P",
+                   help=f"nucleus sampling, in [0, 1]; 1 is off, 0 is greedy (default {top_p})")
     g.add_argument("--top-k", type=int, default=0, metavar="K", help="keep the K most likely tokens; 0 is off (default 0)")
     g.add_argument("--min-p", type=float, default=0.0, metavar="M",
                    help="keep tokens with p >= M * max p, in [0, 1]; 0 is off (default 0)")
-    g.add_argument("--presence-penalty", type=float, default=0.2, metavar="X",
-                   help="subtracted from the logit of every token already generated (default 0.2)")
-    g.add_argument("--frequency-penalty", type=float, default=0.2, metavar="X",
-                   help="subtracted once per (decayed) occurrence of a generated token (default 0.2)")
+    g.add_argument("--presence-penalty", type=float, default=presence, metavar="X",
+                   help=f"subtracted from the logit of every token already generated (default {presence})")
+    g.add_argument("--frequency-penalty", type=float, default=frequency, metavar="X",
+                   help=f"subtracted once per (decayed) occurrence of a generated token (default {frequency})")
     g.add_argument("--penalty-decay", type=float, default=0.996, metavar="D",
                    help="occurrence counts are multiplied by D after each token, in [0, 1] (default 0.996)")
     g.add_argument("--stop", action="append", default=[], metavar="STR",
@@ -96,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "The conversation state is kept between turns. Commands: /reset (forget the "
                                    "conversation), /save FILE (save the state), /quit (or end of input) to exit.")
     _add_model_args(p)
-    _add_sampling_args(p, max_tokens=500)
+    _add_sampling_args(p, max_tokens=500, top_p=0.3, presence=0.5, frequency=0.5,
+                       source="the official chat demo's (API_DEMO_CHAT.py)")
     _add_state_args(p)
     p.set_defaults(func=cmd_chat)
 
@@ -236,7 +238,7 @@ def cmd_generate(args) -> int:
 def normalize_message(text: str) -> str:
     """As the official chat demo: a typed '\\n' is a newline; strip; collapse blank lines inside the
     message (a blank line ends a turn in the chat format)."""
-    text = text.replace("\\n", "\n").strip()
+    text = text.replace("\r\n", "\n").replace("\\n", "\n").strip()
     while "\n\n" in text:
         text = text.replace("\n\n", "\n")
     return text
@@ -250,11 +252,16 @@ def cmd_chat(args) -> int:
     from .engine import Generation
     from .state_io import save_state
 
+    import dataclasses
+
     params, stops = _params(args), _stops(args) or ("\n\n",)
     if "\n\n" not in stops:
         stops = stops + ("\n\n",)
     _check_save_path(args)
     model = _load_model(args)
+    eot = model.tokenizer.eot_id
+    if eot is not None:  # as the official chat demo: a reply ends with a blank line, never end-of-text
+        params = dataclasses.replace(params, token_ban=tuple(params.token_ban) + (eot,))
     gen = _generator(args, model)
     state = _initial_state(args, model)
     interactive = sys.stdin.isatty()
