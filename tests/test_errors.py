@@ -274,3 +274,11 @@ def test_chat_bad_save_keeps_going(path, tmp_path, capsys, monkeypatch):
 def test_save_state_missing_dir_is_state_error(model, tmp_path):
     with pytest.raises(StateError):
         rwkvrt.save_state(model.zero_state(1), tmp_path / "no" / "dir" / "s.safetensors")
+
+
+@pytest.mark.parametrize("argv, expected", [(["generate", "-n", "abc", "x"], "invalid int value"),
+                                            (["gen"], "invalid choice"), (["info"], "required"),
+                                            (["convert", "a.pth", "out", "--dtype", "fp64"], "invalid choice")])
+def test_usage_errors_are_one_line(argv, expected, capsys):
+    line = cli_error(argv, capsys)
+    assert expected in line and "--help" in line

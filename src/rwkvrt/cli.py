@@ -21,6 +21,13 @@ class UserError(RWKVRTError):
     """A CLI-level user error (bad option combination, missing demo model...)."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line error format (argparse's own prints the usage block first)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"rwkvrt: error: {message}. Fix: see `{self.prog} --help`\n")
+
+
 def default_strategy() -> str:
     """'cuda fp16' when PyTorch sees a CUDA GPU, else 'cpu fp32'."""
     import torch
@@ -75,7 +82,7 @@ def _add_state_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="rwkvrt", description="A fast, exact runtime for RWKV-7 language models.",
         epilog="Run `rwkvrt COMMAND --help` for the options of a command. Errors print one line and exit 2.")
     parser.add_argument("--version", action="version", version=f"rwkvrt {__version__}")
@@ -125,10 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Benchmark the runtime.")
     try:
         from . import bench
-        bench.add_arguments(p)
-        p.set_defaults(func=cmd_bench)
-    except ImportError:
-        p.set_defaults(func=cmd_bench_missing)
+    except ImportError as e:  # not written yet, or a dependency of it is missing
+        p.set_defaults(func=cmd_bench_missing, bench_problem=f"cannot import rwkvrt.bench ({e})")
+    else:
+        try:
+            bench.add_arguments(p)
+            p.set_defaults(func=cmd_bench)
+        except Exception as e:  # noqa: BLE001 - a bug in bench must not take down the other commands
+            p.set_defaults(func=cmd_bench_missing, bench_problem=f"rwkvrt.bench.add_arguments failed ({e})")
     return parser
 
 
@@ -415,8 +426,8 @@ def cmd_bench(args) -> int:
 
 
 def cmd_bench_missing(args) -> int:
-    raise UserError("the bench command is not available in this build", got="no module rwkvrt.bench",
-                    fix="update rwkvrt")
+    raise UserError("the bench command is not available in this build", got=args.bench_problem,
+                    fix="update or reinstall rwkvrt")
 
 
 # ---------------------------------------------------------------- entry point
