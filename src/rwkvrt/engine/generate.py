@@ -69,7 +69,10 @@ class Generator:
 
         When a stop string ends generation, the token that completed it has been fed, so the
         state has read exactly the text produced; an end-of-text or stop token is not fed
-        (as the official loop). ``result`` (optional) receives tokens, text and finish_reason.
+        (as the official loop). ``result`` (optional) receives tokens (generated and fed, stop
+        string tokens included), text (what was yielded), finish_reason and the state.
+        Bad settings, a bad max_tokens and bad prompt ids raise before the state is touched.
+        ``prompt`` may be token ids; ``stop_tokens`` end generation without being fed or shown.
         """
         params = (params or SamplingParams()).validate(self.model.config.vocab_size)
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
