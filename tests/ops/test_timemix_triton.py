@@ -96,6 +96,20 @@ def test_tmix_triton_prefill_wkv_choices(kernel_device, wkv):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("B,T,H,N", [(1, 100, 1, 64), (2, 40, 2, 16)])
+def test_tmix_triton_prefill_with_triton_wkv(kernel_device, B, T, H, N):
+    """The production prefill pairing: pre-kernel + the Triton wkv7 dispatcher + post-kernel, with slots."""
+    core = _core()
+    wkv7_triton = pytest.importorskip("rwkvrt.ops.wkv7.triton_dispatch").wkv7_triton
+    acts, params = _inputs(B, T, H, N, torch.float32, kernel_device, seed=N + T)
+    pool = _pool(H, N, kernel_device)
+    slots = torch.tensor(SLOTS[:B], device=kernel_device)
+    ref_out, ref_state = _reference(acts, params, pool[slots])
+    out, _ = core(*acts, pool, **params, slots=slots, wkv=wkv7_triton)
+    _check(out, pool[slots], ref_out, ref_state, torch.float32)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("block_v", [4, 8])
 @pytest.mark.parametrize("T", [1, 15])
 def test_tmix_triton_split_rows(kernel_device, block_v, T):
