@@ -13,7 +13,11 @@ compared with ``torch.relu(x) ** 2`` (two launches, two new tensors).
 """
 from __future__ import annotations
 
+import logging
+
 from .reference import relu_square_reference_
+
+log = logging.getLogger(__name__)
 
 __all__ = ["relu_square_reference_", "resolve"]
 
@@ -34,6 +38,7 @@ def resolve(device: str, backend: str = "auto"):
             if backend == "triton":
                 raise BackendError("the triton backend for the FFN element-wise ops is not available",
                                    got=str(e), fix="pip install 'rwkvrt[gpu]' on a CUDA machine") from None
+            log.warning("triton is not importable (%s): %s uses the plain-torch reference", e, __name__)
             return relu_square_reference_
         return relu_square_triton_
     raise BackendError("unknown ffn backend", expected="auto, reference, torch or triton",

@@ -18,10 +18,13 @@ saved, one launch instead of two).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
 from .reference import add_layer_norm_reference, layer_norm_reference
+
+log = logging.getLogger(__name__)
 
 __all__ = ["NormOps", "add_layer_norm_reference", "layer_norm_reference", "resolve"]
 
@@ -49,6 +52,7 @@ def resolve(device: str, backend: str = "auto") -> NormOps:
             if backend == "triton":
                 raise BackendError("the triton backend for layer norm is not available",
                                    got=str(e), fix="pip install 'rwkvrt[gpu]' on a CUDA machine") from None
+            log.warning("triton is not importable (%s): %s uses the plain-torch reference", e, __name__)
             return reference
         return NormOps(layer_norm_triton, add_layer_norm_triton, "triton")
     raise BackendError("unknown norm backend", expected="auto, reference, torch or triton",

@@ -34,10 +34,13 @@ the stream, no normed tensor round trip, no separate state copy.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
 from .reference import add_ln_lerp_reference, lerp1_reference, lerp6_reference
+
+log = logging.getLogger(__name__)
 
 __all__ = ["TokenShiftOps", "add_ln_lerp_reference", "lerp6_reference", "lerp1_reference", "resolve"]
 
@@ -66,6 +69,7 @@ def resolve(device: str, backend: str = "auto") -> TokenShiftOps:
             if backend == "triton":
                 raise BackendError("the triton backend for token shift is not available",
                                    got=str(e), fix="pip install 'rwkvrt[gpu]' on a CUDA machine") from None
+            log.warning("triton is not importable (%s): %s uses the plain-torch reference", e, __name__)
             return reference
         return TokenShiftOps(lerp6_triton, lerp1_triton, add_ln_lerp_triton, "triton")
     raise BackendError("unknown token-shift backend", expected="auto, reference, torch or triton",
