@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_timemix_triton import sm90_ptxas_report
+from test_timemix_triton import nan_empty, sm90_ptxas_report  # noqa: F401 (fixture)
 
 from rwkvrt.ops import norm
 from rwkvrt.ops.norm.reference import add_layer_norm_reference, layer_norm_reference
@@ -86,3 +86,11 @@ def test_norm_kernel_compiles_for_sm90_without_spills(C, num_warps):
     types = {"x_ptr": "*bf16", "res_ptr": "*fp32", "out_ptr": "*bf16", "newres_ptr": "*fp32", "eps": "fp32"}
     report = sm90_ptxas_report(tn.add_layer_norm_fwd_kernel, types, {"HAS_RESIDUAL": True, "BLOCK_C": C}, num_warps)
     assert " 0 bytes spill stores" in report, report
+
+
+@pytest.mark.gpu
+def test_norm_outputs_fully_written(kernel_device, nan_empty):
+    x, res, w, b = _data((3, 7, 160), torch.float16, torch.float32, kernel_device, seed=8)
+    normed, new_res = _tn().add_layer_norm_triton(x, res, w, b)
+    assert torch.isfinite(normed).all() and torch.isfinite(new_res).all()
+    assert torch.isfinite(_tn().layer_norm_triton(x, w, b)).all()

@@ -195,6 +195,31 @@ def test_tmix_triton_fused_inputs(kernel_device, T, block_v, prefill):
     _check(out, pool[slots], ref_out, ref_state, torch.float32)
 
 
+@pytest.fixture
+def nan_empty(monkeypatch):
+    """torch.empty returns NaN-filled float tensors: every output element must be written."""
+    real = torch.empty
+
+    def empty(*args, **kwargs):
+        t = real(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", empty)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("T,block_v", [(1, 16), (5, 4), (40, 16)], ids=["fused", "split", "prefill"])
+def test_tmix_triton_outputs_fully_written(kernel_device, T, block_v, request):
+    core = _core()
+    B, H, N = 3, 2, 16
+    acts, params = _inputs(B, T, H, N, torch.float32, kernel_device, seed=T)
+    pool = _pool(H, N, kernel_device)
+    ref_out, ref_state = _reference(acts, params, pool[:B])
+    request.getfixturevalue("nan_empty")
+    out, _ = core(*acts, pool, **params, block_v=block_v, wkv=wkv7_reference)
+    _check(out, pool[:B], ref_out, ref_state, torch.float32)
+
+
 def test_tmix_resolve_returns_triton():
     pytest.importorskip("triton")
     from rwkvrt.ops import timemix

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_timemix_triton import sm90_ptxas_report
+from test_timemix_triton import nan_empty, sm90_ptxas_report  # noqa: F401 (fixture)
 
 from rwkvrt.ops import token_shift
 from rwkvrt.ops.token_shift.reference import lerp1_reference, lerp6_reference
@@ -150,3 +150,13 @@ def test_add_ln_lerp_kernel_compiles_for_sm90_without_spills(C, num_warps):
     report = sm90_ptxas_report(tlp.add_ln_lerp_fwd_kernel, types, {"HAS_ADD": True, "HAS_SLOTS": True, "M": 6,
                                                                    "BLOCK_C": C}, num_warps)
     assert " 0 bytes spill stores" in report, report
+
+
+@pytest.mark.gpu
+def test_token_shift_outputs_fully_written(kernel_device, nan_empty):
+    lerp = _lerp()
+    x, res, w, b, pool, mix = _block_data(3, 7, 160, torch.float32, torch.float32, kernel_device, seed=8)
+    assert torch.isfinite(lerp.lerp6_triton(x, pool[:3], mix)[0]).all()
+    assert torch.isfinite(lerp.lerp1_triton(x, pool[:3], mix[0])[0]).all()
+    xs, new_res = lerp.add_ln_lerp_triton(x, res, w, b, pool, mix)
+    assert torch.isfinite(xs).all() and torch.isfinite(new_res).all()
