@@ -110,17 +110,17 @@ def test_tmix_triton_prefill_with_triton_wkv(kernel_device, B, T, H, N):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("block_v", [4, 8])
-@pytest.mark.parametrize("T", [1, 15])
-def test_tmix_triton_split_rows(kernel_device, block_v, T):
-    """block_v < N: step kernel on row blocks + the post-kernel for the group norm."""
+@pytest.mark.parametrize("N,block_v,num_warps,T", [(16, 4, None, 1), (16, 8, None, 15), (16, 4, None, 15),
+                                                   (64, 16, None, 2), (64, 32, 8, 1), (64, 64, 4, 1)])
+def test_tmix_triton_split_rows(kernel_device, N, block_v, num_warps, T):
+    """block_v < N: step kernel on row blocks + the post-kernel for the group norm; other warp counts."""
     core = _core()
-    B, H, N = 3, 2, 16
+    B, H = 3, 2
     acts, params = _inputs(B, T, H, N, torch.float32, kernel_device, seed=block_v + T)
     pool = _pool(H, N, kernel_device)
     slots = torch.tensor(SLOTS, device=kernel_device)
     ref_out, ref_state = _reference(acts, params, pool[slots])
-    out, _ = core(*acts, pool, **params, slots=slots, block_v=block_v)
+    out, _ = core(*acts, pool, **params, slots=slots, block_v=block_v, num_warps=num_warps)
     _check(out, pool[slots], ref_out, ref_state, torch.float32)
 
 
