@@ -34,13 +34,17 @@ Imports triton: only import this module on a machine that has it.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
-_DECAY_SCALE = 0.6065306597126334  # exp(-0.5), as reference.DECAY_SCALE
+_DECAY_SCALE = tl.constexpr(0.6065306597126334)  # exp(-0.5), as reference.DECAY_SCALE
 
 CHUNK = 32
+# read once: the interpreter needs a while loop where compiled code wants a pipelined for
+_INTERP = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit
@@ -60,27 +64,20 @@ def wkv7_chunk_prep_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr,
     offs = ((b_idx * T + tok[:, None]) * H + h_idx) * N + nn[None, :]
     lmask = live[:, None]
 
+    # The phases below reload inputs (L2 hits) instead of keeping them live across the
+    # forward substitution: register pressure, not memory traffic, limits this kernel.
     w = tl.load(w_ptr + offs, mask=lmask, other=0.0).to(tl.float32)
     ld = tl.where(lmask, -_DECAY_SCALE * tl.sigmoid(w), 0.0)   # log decay, [C, N]
     G = tl.cumsum(ld, axis=0)                  # inclusive
     gC = tl.sum(ld, axis=0)                    # whole-chunk log decay, [N]
+    eGm = tl.exp(G - ld)                       # e^{G_{t-1}}
     enG = tl.exp(-G)
+    strict = tt[:, None] > tt[None, :]
+    lower = tt[:, None] >= tt[None, :]
 
     a = tl.load(a_ptr + offs, mask=lmask, other=0.0).to(tl.float32)
     bb = tl.load(b_ptr + offs, mask=lmask, other=0.0).to(tl.float32)
-    k = tl.load(k_ptr + offs, mask=lmask, other=0.0).to(tl.float32)
-    r = tl.load(r_ptr + offs, mask=lmask, other=0.0).to(tl.float32)
-    aG = a * tl.exp(G - ld)
-    rG = r * tl.exp(G)
-    bI = bb * enG
-    kI = k * enG
-
-    strict = tt[:, None] > tt[None, :]
-    lower = tt[:, None] >= tt[None, :]
-    A_ab = tl.where(strict, tl.dot(aG, tl.trans(bI), input_precision=PREC), 0.0)
-    A_ak = tl.where(strict, tl.dot(aG, tl.trans(kI), input_precision=PREC), 0.0)
-    A_rb = tl.where(lower, tl.dot(rG, tl.trans(bI), input_precision=PREC), 0.0)
-    A_rk = tl.where(lower, tl.dot(rG, tl.trans(kI), input_precision=PREC), 0.0)
+    A_ab = tl.where(strict, tl.dot(a * eGm, tl.trans(bb * enG), input_precision=PREC), 0.0)
 
     # Tinv = I + A_ab Tinv, row by row (row i only needs rows j < i, already final).
     Tinv = tl.where(tt[:, None] == tt[None, :], 1.0, 0.0)
@@ -90,34 +87,59 @@ def wkv7_chunk_prep_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr,
         new = tl.sum(l_row[:, None] * Tinv, axis=0)                  # (A_ab Tinv)[i, :]
         Tinv = tl.where(sel, Tinv + new[None, :], Tinv)
 
+    aG = tl.load(a_ptr + offs, mask=lmask, other=0.0).to(tl.float32) * eGm
+    kI = tl.load(k_ptr + offs, mask=lmask, other=0.0).to(tl.float32) * enG
     v = tl.load(v_ptr + offs, mask=lmask, other=0.0).to(tl.float32)
+    A_ak = tl.where(strict, tl.dot(aG, tl.trans(kI), input_precision=PREC), 0.0)
     P = tl.dot(Tinv, aG, input_precision=PREC)                                      # [C, K]
     U = tl.dot(Tinv, tl.dot(A_ak, v, input_precision=PREC), input_precision=PREC)  # [C, V]
-    Q = tl.dot(A_rb, P, acc=rG, input_precision=PREC)
-    Yc = tl.dot(A_rk, v, acc=tl.dot(A_rb, U, input_precision=PREC), input_precision=PREC)
 
+    rG = tl.load(r_ptr + offs, mask=lmask, other=0.0).to(tl.float32) * tl.exp(G)
+    bI = tl.load(b_ptr + offs, mask=lmask, other=0.0).to(tl.float32) * enG
+    A_rb = tl.where(lower, tl.dot(rG, tl.trans(bI), input_precision=PREC), 0.0)
+    A_rk = tl.where(lower, tl.dot(rG, tl.trans(kI), input_precision=PREC), 0.0)
     base_cn = (pid_bh * NC + pid_c) * C * N
     cn = tt[:, None] * N + nn[None, :]
-    tl.store(q_ptr + base_cn + cn, Q)
+    tl.store(q_ptr + base_cn + cn, tl.dot(A_rb, P, acc=rG, input_precision=PREC))
+    Yc = tl.dot(A_rk, v, acc=tl.dot(A_rb, U, input_precision=PREC), input_precision=PREC)
     tl.store(yc_ptr + base_cn + cn, Yc)
 
     dte = tl.exp(gC[None, :] - G)              # e^{G_C - G_j} <= 1
-    bT = bb * dte
-    kT = k * dte
+    bT = tl.load(b_ptr + offs, mask=lmask, other=0.0).to(tl.float32) * dte
+    kT = tl.load(k_ptr + offs, mask=lmask, other=0.0).to(tl.float32) * dte
     diag = tl.where(nn[:, None] == nn[None, :], tl.exp(gC)[None, :], 0.0)
-    M = tl.dot(tl.trans(P), bT, acc=diag, input_precision=PREC)                    # [K, K]
-    E = tl.dot(tl.trans(v), kT, acc=tl.dot(tl.trans(U), bT, input_precision=PREC),
-               input_precision=PREC)                                                # [V, K]
     base_nn = (pid_bh * NC + pid_c) * N * N
     nk = nn[:, None] * N + nn[None, :]
+    M = tl.dot(tl.trans(P), bT, acc=diag, input_precision=PREC)                    # [K, K]
     tl.store(m_ptr + base_nn + nk, M)
+    E = tl.dot(tl.trans(v), kT, acc=tl.dot(tl.trans(U), bT, input_precision=PREC),
+               input_precision=PREC)                                                # [V, K]
     tl.store(e_ptr + base_nn + nk, E)
+
+
+@triton.jit
+def _scan_step(c, S, pid_bh, b_idx, h_idx, tt, nn, rows, q_ptr, yc_ptr, m_ptr, e_ptr, y_ptr,
+               T, NC, H: tl.constexpr, N: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr):
+    """Chunk c: stores Y_c = Yc_c + Q_c S_c^T for these value rows; returns S_{c+1} = S_c M_c + E_c."""
+    base_cn = (pid_bh * NC + c) * C * N
+    Q = tl.load(q_ptr + base_cn + tt[:, None] * N + nn[None, :])       # [C, K]
+    Yc = tl.load(yc_ptr + base_cn + tt[:, None] * N + rows[None, :])   # [C, BLOCK_V]
+    Y = tl.dot(Q, tl.trans(S), acc=Yc, input_precision=PREC)
+    tok = c * C + tt
+    y_offs = ((b_idx * T + tok[:, None]) * H + h_idx) * N + rows[None, :]
+    tl.store(y_ptr + y_offs, Y.to(y_ptr.dtype.element_ty), mask=(tok < T)[:, None])
+
+    base_nn = (pid_bh * NC + c) * N * N
+    M = tl.load(m_ptr + base_nn + nn[:, None] * N + nn[None, :])       # [K, K]
+    E = tl.load(e_ptr + base_nn + rows[:, None] * N + nn[None, :])     # [BLOCK_V, K]
+    return tl.dot(S, M, acc=E, input_precision=PREC)
 
 
 @triton.jit
 def wkv7_chunk_scan_kernel(q_ptr, yc_ptr, m_ptr, e_ptr, s_ptr, y_ptr, T, NC,
                            H: tl.constexpr, N: tl.constexpr, C: tl.constexpr,
-                           BLOCK_V: tl.constexpr, PREC: tl.constexpr):
+                           BLOCK_V: tl.constexpr, PREC: tl.constexpr,
+                           INTERP: tl.constexpr, STAGES: tl.constexpr):
     """Grid (N // BLOCK_V, B*H). Reads the prep scratch; writes y [B, T, H, N]; state in place."""
     pid_v = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
@@ -129,23 +151,18 @@ def wkv7_chunk_scan_kernel(q_ptr, yc_ptr, m_ptr, e_ptr, s_ptr, y_ptr, T, NC,
 
     s_ptrs = s_ptr + pid_bh * N * N + rows[:, None] * N + nn[None, :]
     S = tl.load(s_ptrs)                              # [BLOCK_V, K] fp32
-
-    # while, not range(NC): the Triton 3.6 interpreter cannot range over a runtime scalar
-    c = 0
-    while c < NC:
-        base_cn = (pid_bh * NC + c) * C * N
-        Q = tl.load(q_ptr + base_cn + tt[:, None] * N + nn[None, :])       # [C, K]
-        Yc = tl.load(yc_ptr + base_cn + tt[:, None] * N + rows[None, :])   # [C, BLOCK_V]
-        Y = tl.dot(Q, tl.trans(S), acc=Yc, input_precision=PREC)
-        tok = c * C + tt
-        y_offs = ((b_idx * T + tok[:, None]) * H + h_idx) * N + rows[None, :]
-        tl.store(y_ptr + y_offs, Y.to(y_ptr.dtype.element_ty), mask=(tok < T)[:, None])
-
-        base_nn = (pid_bh * NC + c) * N * N
-        M = tl.load(m_ptr + base_nn + nn[:, None] * N + nn[None, :])       # [K, K]
-        E = tl.load(e_ptr + base_nn + rows[:, None] * N + nn[None, :])     # [BLOCK_V, K]
-        S = tl.dot(S, M, acc=E, input_precision=PREC)
-        c += 1
+    if INTERP:
+        # the Triton 3.6 interpreter cannot range() over a runtime scalar under numpy 2
+        c = 0
+        while c < NC:
+            S = _scan_step(c, S, pid_bh, b_idx, h_idx, tt, nn, rows, q_ptr, yc_ptr, m_ptr, e_ptr,
+                           y_ptr, T, NC, H, N, C, PREC)
+            c += 1
+    else:
+        # a for loop lets the compiler prefetch the next chunk's Q, Yc, M, E (independent of S)
+        for c in tl.range(0, NC, num_stages=STAGES):
+            S = _scan_step(c, S, pid_bh, b_idx, h_idx, tt, nn, rows, q_ptr, yc_ptr, m_ptr, e_ptr,
+                           y_ptr, T, NC, H, N, C, PREC)
     tl.store(s_ptrs, S)
 
 
@@ -153,7 +170,7 @@ def wkv7_chunk_triton(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torc
                       a: torch.Tensor, b: torch.Tensor, state: torch.Tensor, *,
                       chunk_size: int = CHUNK, block_v: int | None = None,
                       precision: str | None = None, prep_warps: int | None = None,
-                      scan_warps: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+                      scan_warps: int = 4, scan_stages: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunkwise WKV7 on the GPU (or the Triton interpreter).
 
     r, w, k, v, a, b : [B, T, H, N] contiguous, same dtype (fp32 / fp16 / bf16); w raw logit.
@@ -186,5 +203,6 @@ def wkv7_chunk_triton(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torc
     wkv7_chunk_prep_kernel[(NC, B * H)](r, w, k, v, a, b, q, yc, m, e, T, NC, H=H, N=N, C=C,
                                          PREC=prec, num_warps=prep_warps or (4 if C <= 32 else 8))
     wkv7_chunk_scan_kernel[(N // bv, B * H)](q, yc, m, e, state, y, T, NC, H=H, N=N, C=C,
-                                              BLOCK_V=bv, PREC=prec, num_warps=scan_warps)
+                                              BLOCK_V=bv, PREC=prec, INTERP=_INTERP,
+                                              STAGES=scan_stages, num_warps=scan_warps)
     return y, state

@@ -16,17 +16,42 @@ Imports triton: only import this module on a machine that has it.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 # exp(-0.5), as in reference.DECAY_SCALE (kept literal so the kernel sees a constant)
-_DECAY_SCALE = 0.6065306597126334
+_DECAY_SCALE = tl.constexpr(0.6065306597126334)
+
+# read once: the interpreter needs a while loop where compiled code wants a pipelined for
+_INTERP = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _recurrent_step(t, S, base, cols, rows, r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, y_ptr,
+                    H: tl.constexpr, N: tl.constexpr):
+    """One token: loads its vectors, updates the [BLOCK_V, N] state block, stores y; returns S."""
+    off = base + t * H * N
+    r = tl.load(r_ptr + off + cols).to(tl.float32)
+    w = tl.load(w_ptr + off + cols).to(tl.float32)
+    k = tl.load(k_ptr + off + cols).to(tl.float32)
+    a = tl.load(a_ptr + off + cols).to(tl.float32)
+    bb = tl.load(b_ptr + off + cols).to(tl.float32)
+    v = tl.load(v_ptr + off + rows).to(tl.float32)
+    decay = tl.exp(-_DECAY_SCALE * tl.sigmoid(w))
+    sa = tl.sum(S * a[None, :], axis=1)           # (S @ a) for these rows, [BLOCK_V]
+    S = S * decay[None, :] + sa[:, None] * bb[None, :] + v[:, None] * k[None, :]
+    y = tl.sum(S * r[None, :], axis=1)
+    tl.store(y_ptr + off + rows, y.to(y_ptr.dtype.element_ty))
+    return S
 
 
 @triton.jit
 def wkv7_recurrent_fwd_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, s_ptr, y_ptr,
-                              T, H: tl.constexpr, N: tl.constexpr, BLOCK_V: tl.constexpr):
+                              T, H: tl.constexpr, N: tl.constexpr, BLOCK_V: tl.constexpr,
+                              INTERP: tl.constexpr, STAGES: tl.constexpr):
     """Grid (B*H, N // BLOCK_V). Inputs [B, T, H, N] contiguous; state [B, H, N, N] fp32 (in place)."""
     pid_bh = tl.program_id(0).to(tl.int64)
     pid_v = tl.program_id(1)
@@ -40,29 +65,25 @@ def wkv7_recurrent_fwd_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, s_ptr, y
 
     # token t of head h starts at ((b*T + t)*H + h)*N
     base = (b_idx * T * H + h_idx) * N
-    # a while loop, not range(T): the Triton 3.6 interpreter cannot index a range with a
-    # runtime scalar under numpy 2 (compiled code is the same either way)
-    t = 0
-    while t < T:
-        off = base + t * H * N
-        r = tl.load(r_ptr + off + cols).to(tl.float32)
-        w = tl.load(w_ptr + off + cols).to(tl.float32)
-        k = tl.load(k_ptr + off + cols).to(tl.float32)
-        a = tl.load(a_ptr + off + cols).to(tl.float32)
-        bb = tl.load(b_ptr + off + cols).to(tl.float32)
-        v = tl.load(v_ptr + off + rows).to(tl.float32)
-        decay = tl.exp(-_DECAY_SCALE * tl.sigmoid(w))
-        sa = tl.sum(S * a[None, :], axis=1)           # (S @ a) for these rows, [BLOCK_V]
-        S = S * decay[None, :] + sa[:, None] * bb[None, :] + v[:, None] * k[None, :]
-        y = tl.sum(S * r[None, :], axis=1)
-        tl.store(y_ptr + off + rows, y.to(y_ptr.dtype.element_ty))
-        t += 1
+    if INTERP:
+        # the Triton 3.6 interpreter cannot range() over a runtime scalar under numpy 2
+        t = 0
+        while t < T:
+            S = _recurrent_step(t, S, base, cols, rows, r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr,
+                                y_ptr, H, N)
+            t += 1
+    else:
+        # a for loop lets the compiler prefetch the next tokens' vectors (they do not depend on S)
+        for t in tl.range(0, T, num_stages=STAGES):
+            S = _recurrent_step(t, S, base, cols, rows, r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr,
+                                y_ptr, H, N)
     tl.store(s_ptrs, S)
 
 
 def wkv7_recurrent_triton(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                           a: torch.Tensor, b: torch.Tensor, state: torch.Tensor, *,
-                          block_v: int | None = None, num_warps: int | None = None
+                          block_v: int | None = None, num_warps: int | None = None,
+                          num_stages: int = 2
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Step-by-step WKV7 on the GPU (or the Triton interpreter).
 
@@ -70,6 +91,7 @@ def wkv7_recurrent_triton(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: 
     state            : [B, H, N, N] float32 contiguous, layout [batch, head, value, key];
                        MUTATED in place to the final state (and returned).
     block_v          : value rows per program (power of 2 dividing N; default min(16, N)).
+    num_warps, num_stages : launch knobs (stages = token prefetch depth of the loop).
     Returns y [B, T, H, N] in r's dtype and ``state``. No host syncs: CUDA-graph capturable.
     """
     B, T, H, N = r.shape
@@ -83,5 +105,6 @@ def wkv7_recurrent_triton(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: 
     assert N % bv == 0
     grid = (B * H, N // bv)
     wkv7_recurrent_fwd_kernel[grid](r, w, k, v, a, b, state, y, T, H=H, N=N, BLOCK_V=bv,
+                                    INTERP=_INTERP, STAGES=num_stages,
                                     num_warps=num_warps or (2 if bv * N <= 1024 else 4))
     return y, state
