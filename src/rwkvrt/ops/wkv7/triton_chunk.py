@@ -30,6 +30,15 @@ where e^{G_{t-1}-G_j} > 1, are removed with ``tl.where`` (never multiplied by 0,
 a large value there cannot turn into NaN). Padded tokens past T load k=v=a=b=r=0 and
 log decay 0: they leave the state unchanged and their outputs are not stored.
 
+Cost and knobs (H100, B=1, T=512, H=32, N=64, C=32; estimates, to be measured): prep =
+512 programs of ~10 small tl.dot + a C-step forward substitution (~5-10 us each, about 4
+waves) and scan = 128 programs of T/C sequential steps ([16,64]x[64,64] dot, ~1 us each
+with the next chunk's loads prefetched): ~40-60 us per layer call in all, scratch ~4 MB.
+Knobs: ``chunk_size`` (16/32/64: the substitution costs C steps on C x C, the scan T/C
+steps), ``prep_warps`` (8: offline sm_90 compile shows 248-255 regs; no spills for tf32
+at C<=32, ~250 B/thread of spills for tf32x3 at C=32, large at C=64), ``block_v`` and
+``scan_warps`` (scan parallelism B*H*N/block_v), ``scan_stages`` (prefetch depth).
+
 Imports triton: only import this module on a machine that has it.
 """
 from __future__ import annotations
@@ -169,7 +178,7 @@ def wkv7_chunk_scan_kernel(q_ptr, yc_ptr, m_ptr, e_ptr, s_ptr, y_ptr, T, NC,
 def wkv7_chunk_triton(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                       a: torch.Tensor, b: torch.Tensor, state: torch.Tensor, *,
                       chunk_size: int = CHUNK, block_v: int | None = None,
-                      precision: str | None = None, prep_warps: int | None = None,
+                      precision: str | None = None, prep_warps: int = 8,
                       scan_warps: int = 4, scan_stages: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunkwise WKV7 on the GPU (or the Triton interpreter).
 
@@ -201,7 +210,7 @@ def wkv7_chunk_triton(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torc
     m = torch.empty((B * H, NC, N, N), dtype=torch.float32, device=dev)
     e = torch.empty_like(m)
     wkv7_chunk_prep_kernel[(NC, B * H)](r, w, k, v, a, b, q, yc, m, e, T, NC, H=H, N=N, C=C,
-                                         PREC=prec, num_warps=prep_warps or (4 if C <= 32 else 8))
+                                         PREC=prec, num_warps=prep_warps)
     wkv7_chunk_scan_kernel[(N // bv, B * H)](q, yc, m, e, state, y, T, NC, H=H, N=N, C=C,
                                               BLOCK_V=bv, PREC=prec, INTERP=_INTERP,
                                               STAGES=scan_stages, num_warps=scan_warps)
