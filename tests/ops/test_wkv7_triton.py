@@ -175,3 +175,24 @@ def test_wkv7_chunk_triton_default_precision_under_tf32(kernel_device, monkeypat
     y, s = _chunk()(*xs, s0.clone(), chunk_size=32)
     tol = 1e-4 if dtype == torch.float32 else 1e-2
     assert rel_err(y, y_ref) < tol and rel_err(s, s_ref) < tol, (rel_err(y, y_ref), rel_err(s, s_ref))
+
+
+@pytest.mark.parametrize("T", [1, 8, 70])
+def test_wkv7_triton_cuda_graph_capture(kernel_device, T):
+    """The dispatcher makes no host sync: it can be captured in a CUDA graph and replayed."""
+    if kernel_device != "cuda":
+        pytest.skip("CUDA graphs need a GPU")
+    from rwkvrt.ops.wkv7.triton_dispatch import wkv7_triton
+    xs, s0 = make_inputs(2, T, 2, 64, "cuda")
+    y_ref, s_ref = wkv7_reference(*(x.cpu() for x in xs), s0.cpu())
+    state = s0.clone()
+    wkv7_triton(*xs, state.clone())  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y, s = wkv7_triton(*xs, state)
+    state.copy_(s0)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert s is state
+    assert rel_err(y, y_ref) < 1e-3 and rel_err(state, s_ref) < 1e-3
