@@ -86,15 +86,17 @@ def wkv7_chunk_prep_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr,
 
     a = tl.load(a_ptr + offs, mask=lmask, other=0.0).to(tl.float32)
     bb = tl.load(b_ptr + offs, mask=lmask, other=0.0).to(tl.float32)
-    A_ab = tl.where(strict, tl.dot(a * eGm, tl.trans(bb * enG), input_precision=PREC), 0.0)
+    # A_ab kept transposed: its row i is then a column, reduced along axis 1, which lands
+    # in the layout the broadcast below wants (no layout conversion per step)
+    A_abT = tl.where(tt[:, None] < tt[None, :],
+                     tl.dot(bb * enG, tl.trans(a * eGm), input_precision=PREC), 0.0)
 
     # Tinv = I + A_ab Tinv, row by row (row i only needs rows j < i, already final).
     Tinv = tl.where(tt[:, None] == tt[None, :], 1.0, 0.0)
     for i in range(1, C):
-        sel = tt[:, None] == i
-        l_row = tl.sum(tl.where(sel, A_ab, 0.0), axis=0)            # A_ab[i, :], [C]
-        new = tl.sum(l_row[:, None] * Tinv, axis=0)                  # (A_ab Tinv)[i, :]
-        Tinv = tl.where(sel, Tinv + new[None, :], Tinv)
+        l_row = tl.sum(tl.where(tt[None, :] == i, A_abT, 0.0), axis=1)  # A_ab[i, j] over j
+        new = tl.sum(l_row[:, None] * Tinv, axis=0)                      # (A_ab Tinv)[i, :]
+        Tinv = tl.where(tt[:, None] == i, Tinv + new[None, :], Tinv)
 
     aG = tl.load(a_ptr + offs, mask=lmask, other=0.0).to(tl.float32) * eGm
     kI = tl.load(k_ptr + offs, mask=lmask, other=0.0).to(tl.float32) * enG
