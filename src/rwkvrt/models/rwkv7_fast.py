@@ -1,0 +1,226 @@
+"""RWKV-7 forward pass laid out for speed: stacked weights, fused element-wise ops, slot-addressed state.
+
+Same contract and arithmetic as ``rwkvrt.models.rwkv7.RWKV7`` (on CPU with the reference
+backends the two agree to fp32 rounding); what changes is the launch count per layer.
+Decode of one layer is 12 launches, every one graph-capturable:
+
+    add_ln_lerp   residual add (previous FFN) + ln1 + six token-shift lerps + att_x state write
+    bmm           r, k, v projections            [3, BT, C] x [3, C, C]
+    bmm           LoRA down: v1, w1, a1, g1      [4, BT, C] x [4, C, Dmax]
+    tanh_, sigmoid_   on the w and g rows of the LoRA hidden
+    bmm           LoRA up: v2, w2, a2, g2        [4, BT, Dmax] x [4, Dmax, C]
+    tmix_core     w0 / a0 / value residual, kk, key update, WKV step (state in place), group norm,
+                  r_k bonus, gate: one kernel
+    linear        output projection
+    add_ln_lerp   residual add (attention) + ln2 + FFN lerp + ffn_x state write
+    linear, relu_square_, linear   the FFN
+
+The residual stream is kept in float32: the fused add+LayerNorm kernels take an fp32
+residual at no extra launch, it costs 4*C bytes per token (nothing next to the weights),
+and it removes the fp16 rounding of the running sum that the official fp16 path carries
+through every layer (the main source of drift against the fp32 reference).
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import StateError
+from ..ops import ffn as ffn_ops
+from ..ops import norm as norm_ops
+from ..ops import timemix as timemix_ops
+from ..ops import token_shift as shift_ops
+from ..ops import wkv7 as wkv7_ops
+from .config import RWKV7Config
+
+LN_EPS = 1e-5
+# Order of the six lerp rows produced by add_ln_lerp. r, k, v first so that xs[0:3] feeds the
+# stacked r/k/v product, and v, w, a, g contiguous so that xs[2:6] feeds the stacked LoRA-down
+# product (xs[3:6] in layer 0, which has no value-residual LoRA).
+MIX_ORDER = ("x_r", "x_k", "x_v", "x_w", "x_a", "x_g")
+LORA_ORDER = ("v", "w", "a", "g")
+
+
+def _resolve_ops(dev: str, backend: str):
+    """Every op function for ``backend``; "torch" means reference element-wise ops + chunked wkv."""
+    ew = "reference" if backend in ("reference", "torch") else backend
+    try:
+        wkv = wkv7_ops.resolve(dev, backend)
+    except ImportError:
+        wkv = wkv7_ops.wkv7_reference
+    return SimpleNamespace(core=timemix_ops.resolve(dev, ew), shift=shift_ops.resolve(dev, ew),
+                           norm=norm_ops.resolve(dev, ew), relu_sq=ffn_ops.resolve(dev, ew), wkv_long=wkv)
+
+
+def _reference_core(core, r, w, k, v, a, g, pool, *, slots, k_k, k_a, r_k, ln_w, ln_b, wkv,
+                    w0, a0, v0=None, v_first=None, v_gate=None):
+    """The fused core's extended contract (w0 / a0 / value residual folded in, slot-addressed
+    in-place state) on top of the plain reference core. pool [S, H, N, N] fp32, rows mutated."""
+    w = w + w0
+    a = torch.sigmoid(a + a0)
+    if v_first is not None:
+        v = v + (v_first - v) * torch.sigmoid(v_gate + v0)
+    s_in = pool.index_select(0, slots)
+    out, s_out = core(r, w, k, v, a, g, s_in, k_k=k_k, k_a=k_a, r_k=r_k, ln_w=ln_w, ln_b=ln_b, wkv=wkv)
+    pool.index_copy_(0, slots, s_out)
+    return out
+
+
+class RWKV7Fast:
+    """RWKV-7 on one device with load-time weight stacking and fused ops.
+
+    cfg, sd: as ``RWKV7`` (official names and shapes; ``sd`` is not modified).
+    backend: "auto" (triton on cuda, reference on cpu), "triton", "torch", "reference".
+    rkv_bmm: one batched product for r/k/v (True) or three ``F.linear`` (False); the LoRA
+        products are always batched (see ``_load_layer``).
+    prefill_chunk: longest run of tokens processed at once (bounds activation memory).
+    """
+
+    SHORT_T = 4  # reference core: the fp32 loop up to this T, the chunked wkv above
+
+    def __init__(self, cfg: RWKV7Config, sd: dict[str, torch.Tensor], *, device="cpu",
+                 dtype: torch.dtype = torch.float16, backend: str = "auto", rkv_bmm: bool = True,
+                 prefill_chunk: int = 2048):
+        self.cfg, self.device, self.dtype = cfg, torch.device(device), dtype
+        self.backend, self.rkv_bmm, self.prefill_chunk = backend, rkv_bmm, int(prefill_chunk)
+        self.ops = _resolve_ops(self.device.type, backend)
+        self._fused_core = self.ops.core is not timemix_ops.tmix_core_reference
+        C = cfg.n_embd
+        with torch.no_grad():
+            f32 = lambda n: sd[n].to(self.device, torch.float32)  # noqa: E731
+            # ln0 folded into the embedding once, in fp32, then rounded (as the official loader)
+            self.emb = F.layer_norm(f32("emb.weight"), (C,), f32("blocks.0.ln0.weight"),
+                                    f32("blocks.0.ln0.bias"), LN_EPS).to(dtype).contiguous()
+            self.ln_out = (f32("ln_out.weight"), f32("ln_out.bias"))
+            self.head = sd["head.weight"].to(self.device, dtype).contiguous()
+            self.layers = [self._load_layer(sd, i) for i in range(cfg.n_layer)]
+
+    def _load_layer(self, sd, i: int) -> SimpleNamespace:
+        """Per-layer weights in the layout the products want (built once, contiguous).
+
+        Matrices stay in ``F.linear``'s [out, in] layout and the batched products use the
+        ``.mT`` view, so cuBLAS gets the same transposed-A GEMV/GEMM it gets from F.linear
+        (the well-tuned path at batch 1). The four LoRA down-projections (different inputs
+        xv, xw, xa, xg) are ONE bmm over rank padded with zeros to the largest of the four:
+        at decode a launch costs more than the padding (each ~C*Dmax*2 bytes, ~1% of a
+        layer's weights), and three launches saved per layer are ~10 us per token on a
+        12-layer model. Same for the up-projections (padded rows are zero, so the padded
+        hidden columns, whatever tanh/sigmoid make of them, contribute nothing).
+        """
+        cfg, dt, dev = self.cfg, self.dtype, self.device
+        C = cfg.n_embd
+        att, ffn, b = f"blocks.{i}.att.", f"blocks.{i}.ffn.", f"blocks.{i}."
+        take = lambda n, t=dt: sd[n].to(dev, t)  # noqa: E731
+        vec = lambda n: take(att + n, torch.float32).reshape(C)  # noqa: E731
+        p = SimpleNamespace()
+        p.ln1 = (take(b + "ln1.weight", torch.float32), take(b + "ln1.bias", torch.float32))
+        p.ln2 = (take(b + "ln2.weight", torch.float32), take(b + "ln2.bias", torch.float32))
+        p.mix6 = torch.stack([vec(n) for n in MIX_ORDER]).to(dt).contiguous()  # [6, C]
+        p.ffn_mix = take(ffn + "x_k").reshape(1, C).contiguous()
+        p.w0, p.a0 = vec("w0"), vec("a0")
+        p.has_v = (att + "v1") in sd
+        p.v0 = vec("v0") if p.has_v else None
+        p.k_k, p.k_a = vec("k_k"), vec("k_a")
+        p.r_k = take(att + "r_k", torch.float32).reshape(cfg.n_head, cfg.head_size).contiguous()
+        p.ln_x = (take(att + "ln_x.weight", torch.float32), take(att + "ln_x.bias", torch.float32))
+        mats = [take(att + n + ".weight") for n in ("receptance", "key", "value")]
+        if self.rkv_bmm:
+            p.Wrkv = torch.stack(mats).contiguous()  # [3, C(out), C(in)]
+        else:
+            p.Wrkv = [m.contiguous() for m in mats]
+        names = [n for n in LORA_ORDER if n != "v" or p.has_v]
+        downs = [take(att + n + "1") for n in names]  # [C, D_n]
+        ups = [take(att + n + "2") for n in names]    # [D_n, C]
+        D = max(d.shape[1] for d in downs)
+        p.down = torch.zeros(len(names), D, C, device=dev, dtype=dt)  # [n, Dmax(out), C(in)]
+        p.up = torch.zeros(len(names), C, D, device=dev, dtype=dt)    # [n, C(out), Dmax(in)]
+        for j, (d, u) in enumerate(zip(downs, ups)):
+            p.down[j, : d.shape[1]] = d.t()
+            p.up[j, :, : u.shape[0]] = u.t()
+        p.lora = {n: j for j, n in enumerate(names)}
+        p.lora_in = 2 if p.has_v else 3  # first xs row feeding the LoRA-down product
+        p.Wo = take(att + "output.weight").contiguous()
+        p.ffn_key = take(ffn + "key.weight").contiguous()
+        p.ffn_value = take(ffn + "value.weight").contiguous()
+        return p
+
+    def forward(self, tokens: torch.Tensor, state, *, full_output: bool = False,
+                slots: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [B, T] int64 on the model's device (not range-checked here).
+
+        state: a ``rwkvrt.State`` whose batch axis is a pool of S rows (att_x / ffn_x [L, S, C],
+        wkv [L, S, H, N, N] fp32, contiguous), rows ``slots`` (int64 [B] on the device, distinct
+        except for padding rows) or, when slots is None, all S == B rows UPDATED IN PLACE.
+        Returns logits [B, T, V] (full_output) or [B, V] for the last token, in the activation
+        dtype. Prompts longer than ``prefill_chunk`` are run in chunks (same result).
+        """
+        B, T = tokens.shape
+        if slots is None:
+            if state.batch_size != B:
+                raise StateError("state batch size does not match the tokens", expected=str(B),
+                                 got=str(state.batch_size), fix="pass slots=, or a state with one row per sequence")
+            slots = torch.arange(B, device=self.device)
+        if not state.wkv.is_contiguous():
+            raise StateError("state WKV tensor is not contiguous", expected="a contiguous [L, S, H, N, N] tensor",
+                             got=str(tuple(state.wkv.stride())), fix="pass state.clone() or a State.zeros state")
+        if T <= self.prefill_chunk:
+            return self._forward(tokens, state, slots, full_output)
+        outs = []
+        for s in range(0, T, self.prefill_chunk):
+            o = self._forward(tokens[:, s:s + self.prefill_chunk], state, slots, full_output)
+            outs.append(o)
+        return torch.cat(outs, dim=1) if full_output else outs[-1]
+
+    __call__ = forward
+
+    def _forward(self, tokens, state, slots, full_output: bool) -> torch.Tensor:
+        B, T = tokens.shape
+        C = self.cfg.n_embd
+        x = self.emb[tokens]  # [B, T, C] activation dtype
+        # fp32 residual stream; layer 0 adds the embedding to zeros, which is exact
+        res = torch.zeros(B, T, C, device=self.device, dtype=torch.float32)
+        v_first = None
+        for i, p in enumerate(self.layers):
+            xs, res = self.ops.shift.add_ln_lerp(x, res, p.ln1[0], p.ln1[1], state.att_x[i], p.mix6,
+                                                 eps=LN_EPS, slots=slots)
+            att, v_first = self._time_mix(i, p, xs, state, slots, v_first)
+            xk, res = self.ops.shift.add_ln_lerp(att, res, p.ln2[0], p.ln2[1], state.ffn_x[i], p.ffn_mix,
+                                                 eps=LN_EPS, slots=slots)
+            h = self.ops.relu_sq(F.linear(xk[0], p.ffn_key))
+            x = F.linear(h, p.ffn_value)
+        if not full_output:
+            x, res = x[:, -1:], res[:, -1:]
+        xn, _ = self.ops.norm.add_layer_norm(x, res, self.ln_out[0], self.ln_out[1], LN_EPS)
+        out = F.linear(xn, self.head)
+        return out if full_output else out[:, 0]
+
+    def _time_mix(self, i, p, xs, state, slots, v_first):
+        """xs [6, B, T, C] lerp rows in MIX_ORDER -> (attention output [B, T, C], v_first)."""
+        _, B, T, C = xs.shape
+        flat = xs.view(6, B * T, C)
+        if self.rkv_bmm:
+            rkv = torch.bmm(flat[0:3], p.Wrkv.mT)  # [3, BT, C]
+            r, k, v = (t.view(B, T, C) for t in rkv.unbind(0))
+        else:
+            r, k, v = (F.linear(xs[j], W) for j, W in enumerate(p.Wrkv))
+        n = len(p.lora)
+        hid = torch.bmm(flat[p.lora_in:p.lora_in + n], p.down.mT)  # [n, BT, Dmax]
+        hid[p.lora["w"]].tanh_()
+        hid[p.lora["g"]].sigmoid_()
+        up = torch.bmm(hid, p.up.mT).view(n, B, T, C)
+        w, a, g = up[p.lora["w"]], up[p.lora["a"]], up[p.lora["g"]]
+        vres = {}
+        if i == 0:
+            v_first = v
+        else:
+            vres = dict(v0=p.v0, v_first=v_first, v_gate=up[p.lora["v"]])
+        T_long = T > self.SHORT_T
+        kw = dict(k_k=p.k_k, k_a=p.k_a, r_k=p.r_k, ln_w=p.ln_x[0], ln_b=p.ln_x[1], w0=p.w0, a0=p.a0, **vres)
+        if self._fused_core:
+            out, _ = self.ops.core(r, w, k, v, a, g, state.wkv[i], slots=slots, wkv=self.ops.wkv_long, **kw)
+        else:
+            wkv = self.ops.wkv_long if T_long else wkv7_ops.wkv7_reference
+            out = _reference_core(self.ops.core, r, w, k, v, a, g, state.wkv[i], slots=slots, wkv=wkv, **kw)
+        return F.linear(out, p.Wo), v_first
