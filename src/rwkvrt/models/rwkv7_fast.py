@@ -58,14 +58,15 @@ def _reference_core(core, r, w, k, v, a, g, pool, *, slots, k_k, k_a, r_k, ln_w,
                     w0, a0, v0=None, v_first=None, v_gate=None):
     """The fused core's extended contract (w0 / a0 / value residual folded in, slot-addressed
     in-place state) on top of the plain reference core. pool [S, H, N, N] fp32, rows mutated."""
-    w = w + w0
-    a = torch.sigmoid(a + a0)
+    dt = r.dtype
+    w = (w + w0).to(dt)
+    a = torch.sigmoid(a + a0).to(dt)
     if v_first is not None:
-        v = v + (v_first - v) * torch.sigmoid(v_gate + v0)
+        v = (v + (v_first - v) * torch.sigmoid(v_gate + v0)).to(dt)
     s_in = pool.index_select(0, slots)
     out, s_out = core(r, w, k, v, a, g, s_in, k_k=k_k, k_a=k_a, r_k=r_k, ln_w=ln_w, ln_b=ln_b, wkv=wkv)
     pool.index_copy_(0, slots, s_out)
-    return out
+    return out.to(dt)
 
 
 class RWKV7Fast:

@@ -1,0 +1,164 @@
+"""RWKV7Fast: same function as RWKV7 (CPU, reference backends) and, on a GPU, fp16/bf16 accuracy vs fp32."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rwkvrt.models.rwkv7 import RWKV7
+from rwkvrt.models.rwkv7_fast import RWKV7Fast
+from rwkvrt.models.shapes import make_config, random_state_dict
+from rwkvrt.state import State
+
+from conftest import needs_cuda, rel_err
+
+SHAPES = [(2, 128, 1000), (2, 128, 301)]
+_cache: dict = {}
+
+
+def models(L, C, V, *, device="cpu", dtype=torch.float32, **kw):
+    key = (L, C, V)
+    if key not in _cache:
+        cfg = make_config(L, C, V)
+        _cache[key] = (cfg, random_state_dict(cfg, seed=L * 7 + V))
+    cfg, sd = _cache[key]
+    return cfg, RWKV7(cfg, sd, device=device, dtype=torch.float32), RWKV7Fast(cfg, sd, device=device, dtype=dtype, **kw)
+
+
+def rand_state(cfg, B, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    st = State.zeros(cfg, B)
+    for t in (st.att_x, st.wkv, st.ffn_x):
+        t.copy_(torch.randn(t.shape, generator=g) * 0.5)
+    return st
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("rkv_bmm", [True, False])
+def test_fast_matches_rwkv7_gpt_mode(shape, rkv_bmm):
+    cfg, ref, fast = models(*shape, rkv_bmm=rkv_bmm)
+    tok = torch.randint(0, cfg.vocab_size, (2, 37), generator=torch.Generator().manual_seed(1))
+    s_ref, s_fast = rand_state(cfg, 2), rand_state(cfg, 2)
+    a = ref.forward(tok, s_ref, full_output=True)
+    b = fast.forward(tok, s_fast, full_output=True)
+    assert b.shape == (2, 37, cfg.vocab_size) and b.dtype == torch.float32
+    assert rel_err(b, a) < 1e-5
+    for n in ("att_x", "wkv", "ffn_x"):
+        assert rel_err(getattr(s_fast, n), getattr(s_ref, n)) < 1e-5, n
+    last = fast.forward(tok[:, :3], s_fast)
+    assert last.shape == (2, cfg.vocab_size)
+
+
+def test_fast_rnn_mode_and_splits_match_gpt_mode():
+    cfg, ref, fast = models(*SHAPES[0])
+    tok = torch.randint(0, cfg.vocab_size, (1, 23), generator=torch.Generator().manual_seed(2))
+    s_gpt = State.zeros(cfg, 1)
+    whole = fast.forward(tok, s_gpt, full_output=True)[0]
+    s_rnn = State.zeros(cfg, 1)
+    steps = torch.stack([fast.forward(tok[:, t:t + 1], s_rnn)[0] for t in range(tok.shape[1])])
+    assert rel_err(steps, whole) < 1e-5
+    assert rel_err(s_rnn.wkv, s_gpt.wkv) < 1e-5
+    # a forward longer than prefill_chunk runs in chunks: same logits, same state
+    _, _, chunked = models(*SHAPES[0], prefill_chunk=5)
+    s_ch = State.zeros(cfg, 1)
+    out = chunked.forward(tok, s_ch, full_output=True)[0]
+    assert rel_err(out, whole) < 1e-5 and rel_err(s_ch.wkv, s_gpt.wkv) < 1e-5
+    s_ch2 = State.zeros(cfg, 1)
+    assert rel_err(chunked.forward(tok, s_ch2)[0], whole[-1]) < 1e-5
+
+
+def test_fast_slots_address_pool_rows_and_leave_others_untouched():
+    cfg, ref, fast = models(*SHAPES[0])
+    g = torch.Generator().manual_seed(3)
+    tok = torch.randint(0, cfg.vocab_size, (2, 9), generator=g)
+    pool = rand_state(cfg, 5, seed=4)
+    before = pool.clone()
+    slots = torch.tensor([3, 1])
+    out = fast.forward(tok, pool, slots=slots, full_output=True)
+    singles = []
+    for b, s in enumerate(slots.tolist()):
+        st = before.select([s])
+        singles.append(ref.forward(tok[b:b + 1], st, full_output=True)[0])
+        for n in ("att_x", "wkv", "ffn_x"):
+            assert rel_err(getattr(pool, n)[:, s], getattr(st, n)[:, 0]) < 1e-5
+    assert rel_err(out, torch.stack(singles)) < 1e-5
+    for s in (0, 2, 4):
+        for n in ("att_x", "wkv", "ffn_x"):
+            assert torch.equal(getattr(pool, n)[:, s], getattr(before, n)[:, s])
+
+
+def test_fast_weights_layout():
+    cfg, _, fast = models(*SHAPES[0])
+    p0, p1 = fast.layers[0], fast.layers[1]
+    assert not p0.has_v and p1.has_v
+    assert p0.down.shape[0] == 3 and p1.down.shape[0] == 4
+    assert p1.Wrkv.shape == (3, cfg.n_embd, cfg.n_embd) and p1.Wrkv.is_contiguous()
+
+
+def test_fast_bf16_cpu_close_to_fp32():
+    cfg, ref, fast = models(*SHAPES[0], dtype=torch.bfloat16)
+    tok = torch.randint(0, cfg.vocab_size, (1, 20), generator=torch.Generator().manual_seed(5))
+    a = ref.forward(tok, State.zeros(cfg, 1), full_output=True)
+    b = fast.forward(tok, State.zeros(cfg, 1, dtype=torch.bfloat16), full_output=True)
+    assert b.dtype == torch.bfloat16 and rel_err(b, a) < 0.1
+
+
+# ---- GPU: accuracy of the fused fp16 / bf16 path against the fp32 reference, 0.1B-like shape ----
+
+GPU_T = 2048
+_gpu: dict = {}
+
+
+def _gpu_setup():
+    if not _gpu:
+        cfg = make_config(12, 768, 65536)
+        sd = random_state_dict(cfg, seed=11)
+        ref = RWKV7(cfg, sd, device="cuda", dtype=torch.float32)
+        tok = torch.randint(0, cfg.vocab_size, (1, GPU_T), generator=torch.Generator().manual_seed(6)).cuda()
+        with torch.inference_mode():
+            want = ref.forward(tok, State.zeros(cfg, 1, device="cuda"), full_output=True)[0].float()
+        _gpu.update(cfg=cfg, sd=sd, tok=tok, want=want)
+    return _gpu
+
+
+def _report(name, got, want):
+    d = rel_err(got, want)
+    agree = float((got.float().argmax(-1) == want.argmax(-1)).float().mean())
+    print(f"{name}: max|d|/std = {d:.4f}, argmax agreement = {agree * 100:.2f}%")
+    return d, agree
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_fast_gpt_and_rnn_vs_fp32(dtype):
+    g = _gpu_setup()
+    cfg, tok, want = g["cfg"], g["tok"], g["want"]
+    fast = RWKV7Fast(cfg, g["sd"], device="cuda", dtype=dtype)
+    with torch.inference_mode():
+        gpt = fast.forward(tok, State.zeros(cfg, 1, device="cuda", dtype=dtype), full_output=True)[0]
+        st = State.zeros(cfg, 1, device="cuda", dtype=dtype)
+        rnn = torch.stack([fast.forward(tok[:, t:t + 1], st)[0] for t in range(GPU_T)])
+    dg, ag = _report(f"{dtype} GPT", gpt, want)
+    dr, ar = _report(f"{dtype} RNN", rnn, want)
+    _report(f"{dtype} GPT vs RNN", rnn, gpt.float())
+    if dtype == torch.float16:
+        assert dg <= 0.05 and dr <= 0.05
+        assert ag >= 0.995 and ar >= 0.995
+    else:
+        assert dg <= 0.2 and dr <= 0.2  # measured bound is printed; bf16 has 3 fewer mantissa bits
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_fast_batched_equals_singles():
+    g = _gpu_setup()
+    cfg = g["cfg"]
+    fast = RWKV7Fast(cfg, g["sd"], device="cuda", dtype=torch.float16)
+    tok = g["tok"][0, :96].view(3, 32)
+    with torch.inference_mode():
+        pool = State.zeros(cfg, 4, device="cuda", dtype=torch.float16)
+        out = fast.forward(tok, pool, slots=torch.tensor([2, 0, 3], device="cuda"), full_output=True)
+        for b in range(3):
+            one = fast.forward(tok[b:b + 1], State.zeros(cfg, 1, device="cuda", dtype=torch.float16),
+                               full_output=True)[0]
+            assert rel_err(out[b], one) < 0.01
