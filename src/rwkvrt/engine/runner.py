@@ -1,0 +1,235 @@
+"""Batched decode over a pool of state slots, one CUDA graph per batch-size bucket.
+
+The whole decode step (embedding gather, every layer, head, sampling) is one graph
+replay; the host copies B slot ids and B token ids in and reads B token ids back.
+On CPU (or ``use_graphs=False``) the same step function runs eagerly.
+
+Random draws are counter-based, not a torch.Generator: row b's noise for step n is a hash
+of (its seed, its step counter, token id), computed on the device. So a seeded sequence
+draws the same tokens whatever batch it shares and whatever bucket it lands in
+(batched == singles also when sampling), and the graph needs no generator registration.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import SamplingError, StateError
+from ..models.rwkv7_fast import RWKV7Fast
+from ..sampling import SamplingParams, filtered_logprobs
+from ..state import State
+from .slots import SlotPool
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_M32 = 0xFFFFFFFF
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer mixer (Wellons' lowbias32) on int64 tensors holding values in [0, 2**32).
+
+    The products overflow int64 and wrap, but their low 32 bits, all we keep, are exact."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _M32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _M32
+    return x ^ (x >> 16)
+
+
+def counter_noise(seed: torch.Tensor, counter: torch.Tensor, token_hash: torch.Tensor) -> torch.Tensor:
+    """Exponential(1) noise [B, V] float32 from per-row seed [B] and counter [B] (int64, [0, 2**32)).
+
+    token_hash [V] int64 = _hash32(arange(V)) (precomputed). Uniforms have 24 random bits."""
+    key = _hash32(seed ^ _hash32(counter & _M32))  # [B]
+    h = _hash32(token_hash[None, :] ^ key[:, None])  # [B, V]
+    u = ((h >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+    return -torch.log(u)
+
+
+@dataclass
+class _Bucket:
+    """Static buffers of one batch-size bucket (their addresses are baked into its graphs)."""
+
+    slots: torch.Tensor   # [n] int64 device
+    tokens: torch.Tensor  # [n, 1] int64 device
+    out: torch.Tensor     # [n] int64 device
+    host_in: torch.Tensor  # [2, n] int64 (pinned on cuda): slots, tokens
+    graphs: dict          # greedy flag -> torch.cuda.CUDAGraph
+    logits: dict          # greedy flag -> logits [n, V] of the last step (graph output)
+
+
+class DecodeRunner:
+    """Decode many sequences at once with one state slot each.
+
+    model: a RWKV7Fast. max_batch: number of usable slots (ids 0..max_batch-1); one more
+    hidden slot absorbs the padding rows of a bucket. use_graphs: None = on cuda.
+    prefill_chunk: tokens per prefill call. Sampling settings are per slot (``set_sampling``);
+    default greedy.
+    """
+
+    def __init__(self, model: RWKV7Fast, max_batch: int, *, buckets=DEFAULT_BUCKETS,
+                 use_graphs: bool | None = None, prefill_chunk: int = 1024):
+        cfg = model.cfg
+        self.model, self.cfg, self.device = model, cfg, model.device
+        self.max_batch = int(max_batch)
+        if self.max_batch < 1:
+            raise StateError("max_batch must be positive", expected=">= 1", got=str(max_batch), fix="pass e.g. 8")
+        bs = sorted({int(b) for b in buckets if int(b) < self.max_batch} | {self.max_batch})
+        self.buckets = tuple(bs)
+        self.use_graphs = (self.device.type == "cuda") if use_graphs is None else bool(use_graphs)
+        self.prefill_chunk = int(prefill_chunk)
+        S = self.max_batch + 1
+        self.dummy = self.max_batch
+        self.pool = State.zeros(cfg, S, device=self.device, dtype=model.dtype)
+        self.slots = SlotPool(self.max_batch)
+        dev = self.device
+        # per-slot sampling settings, gathered by slot id inside the step
+        self.temperature = torch.zeros(S, device=dev)
+        self.top_p = torch.ones(S, device=dev)
+        self.top_k = torch.zeros(S, device=dev, dtype=torch.int64)
+        self.min_p = torch.zeros(S, device=dev)
+        self.seed = torch.zeros(S, device=dev, dtype=torch.int64)
+        self.counter = torch.zeros(S, device=dev, dtype=torch.int64)
+        self._greedy = [True] * S
+        self._token_hash = _hash32(torch.arange(cfg.vocab_size, device=dev, dtype=torch.int64))
+        self._buckets: dict[int, _Bucket] = {}
+        self._mempool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+
+    def alloc(self, params: SamplingParams | None = None) -> int:
+        """A free slot id with a zeroed state (and the given sampling settings, default greedy)."""
+        s = self.slots.alloc()
+        self.reset(s)
+        self.set_sampling(s, params)
+        return s
+
+    def free(self, slot: int) -> None:
+        self.slots.free(slot)
+
+    def reset(self, slot: int) -> None:
+        """Zero one slot's state (other slots untouched)."""
+        self.slots.check(slot)
+        for t in (self.pool.att_x, self.pool.wkv, self.pool.ffn_x):
+            t[:, slot].zero_()
+
+    def set_sampling(self, slot: int, params: SamplingParams | None = None) -> None:
+        """Per-slot temperature / top_p / top_k / min_p / seed (None: greedy). Penalties and bans are
+        not applied here (use the Generator for those). An unseeded request gets a random seed."""
+        self.slots.check(slot)
+        p = params or SamplingParams(temperature=0.0, top_p=0.0, presence_penalty=0.0, frequency_penalty=0.0)
+        p.validate(self.cfg.vocab_size)
+        if p.token_ban or p.presence_penalty or p.frequency_penalty:
+            raise SamplingError("the decode runner does not apply bans or penalties",
+                                expected="token_ban=() and zero presence/frequency penalties",
+                                got=f"ban={p.token_ban[:4]}, presence={p.presence_penalty}, "
+                                    f"frequency={p.frequency_penalty}",
+                                fix="pass SamplingParams with those off, or use rwkvrt.engine.Generator")
+        seed = p.seed if p.seed is not None else int(torch.randint(0, 2**62, (1,)))
+        self.temperature[slot] = p.temperature
+        self.top_p[slot] = p.top_p
+        self.top_k[slot] = p.top_k
+        self.min_p[slot] = p.min_p
+        self.seed[slot] = seed & _M32 ^ (seed >> 32) & _M32
+        self.counter[slot] = 0
+        self._greedy[slot] = p.temperature == 0 or p.top_p == 0 or p.top_k == 1
+
+    @torch.inference_mode()
+    def prefill(self, slot: int, tokens) -> torch.Tensor:
+        """Read prompt tokens (list[int] or 1-D tensor) into ``slot``; returns the last logits [V]."""
+        self.slots.check(slot)
+        t = torch.as_tensor(tokens, dtype=torch.int64).reshape(1, -1).to(self.device)
+        if t.shape[1] == 0:
+            raise StateError("empty prompt", expected="at least one token", got="0", fix="pass some tokens")
+        sl = torch.tensor([slot], device=self.device, dtype=torch.int64)
+        out = None
+        for s in range(0, t.shape[1], self.prefill_chunk):
+            out = self.model.forward(t[:, s:s + self.prefill_chunk], self.pool, slots=sl)
+        return out[0]
+
+    def bucket_for(self, n: int) -> int:
+        for b in self.buckets:
+            if b >= n:
+                return b
+        raise StateError("batch larger than the runner", expected=f"<= {self.max_batch} rows", got=str(n),
+                         fix="raise max_batch")
+
+    @torch.inference_mode()
+    def step(self, slots, last_tokens) -> torch.Tensor:
+        """Feed one token per slot and return the next token of each: int64 [B] on the CPU.
+
+        slots: B distinct allocated slot ids (list or tensor); last_tokens: B token ids.
+        Each slot's state advances by one token (padding rows only touch the hidden slot).
+        """
+        sl = [int(s) for s in (slots.tolist() if isinstance(slots, torch.Tensor) else slots)]
+        tk = [int(x) for x in (last_tokens.tolist() if isinstance(last_tokens, torch.Tensor) else last_tokens)]
+        B = len(sl)
+        if B != len(tk) or B == 0 or len(set(sl)) != B:
+            raise StateError("bad step batch", expected="as many distinct slots as tokens, at least one",
+                             got=f"{B} slots ({len(set(sl))} distinct), {len(tk)} tokens", fix="pass one token per slot")
+        for s in sl:
+            self.slots.check(s)
+        n = self.bucket_for(B)
+        bk = self._bucket(n)
+        greedy = all(self._greedy[s] for s in sl)
+        bk.host_in[0, :B] = torch.tensor(sl)
+        bk.host_in[0, B:] = self.dummy
+        bk.host_in[1, :B] = torch.tensor(tk)
+        bk.host_in[1, B:] = 0
+        bk.slots.copy_(bk.host_in[0], non_blocking=True)
+        bk.tokens[:, 0].copy_(bk.host_in[1], non_blocking=True)
+        if self.use_graphs:
+            if greedy not in bk.graphs:
+                self._capture(bk, greedy)
+            bk.graphs[greedy].replay()
+        else:
+            bk.logits[greedy] = self._step_body(bk, greedy)
+        return bk.out[:B].to("cpu")
+
+    def last_logits(self, n_rows: int, greedy: bool = True) -> torch.Tensor:
+        """Logits [n_rows, V] of the last step run with ``n_rows``'s bucket (a view, overwritten next step)."""
+        return self._buckets[self.bucket_for(n_rows)].logits[greedy][:n_rows]
+
+    def _bucket(self, n: int) -> _Bucket:
+        if n not in self._buckets:
+            dev = self.device
+            host = torch.zeros(2, n, dtype=torch.int64, pin_memory=dev.type == "cuda")
+            self._buckets[n] = _Bucket(slots=torch.full((n,), self.dummy, device=dev, dtype=torch.int64),
+                                       tokens=torch.zeros(n, 1, device=dev, dtype=torch.int64),
+                                       out=torch.zeros(n, device=dev, dtype=torch.int64),
+                                       host_in=host, graphs={}, logits={})
+        return self._buckets[n]
+
+    def _step_body(self, bk: _Bucket, greedy: bool) -> torch.Tensor:
+        """Everything the graph holds: forward + sampling, writing bk.out. Returns the logits."""
+        logits = self.model.forward(bk.tokens, self.pool, slots=bk.slots)  # [n, V]
+        if greedy:
+            bk.out.copy_(logits.argmax(dim=-1))
+            return logits
+        s = bk.slots
+        logp = filtered_logprobs(logits, temperature=self.temperature[s], top_p=self.top_p[s],
+                                 top_k=self.top_k[s], min_p=self.min_p[s])
+        noise = counter_noise(self.seed[s], self.counter[s], self._token_hash)
+        bk.out.copy_((logp - noise.log()).argmax(dim=-1))
+        self.counter.index_add_(0, s, torch.ones_like(s))
+        return logits
+
+    def _capture(self, bk: _Bucket, greedy: bool) -> None:
+        """Warm up on a side stream (compiles kernels, sizes cuBLAS workspaces), then capture.
+
+        Warm-up and capture run with every row on the hidden slot, so no real state moves."""
+        real = bk.slots.clone()
+        bk.slots.fill_(self.dummy)
+        side = torch.cuda.Stream(device=self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._step_body(bk, greedy)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, pool=self._mempool):
+            bk.logits[greedy] = self._step_body(bk, greedy)
+        bk.graphs[greedy] = g
+        bk.slots.copy_(real)
+        log.info("captured decode graph: bucket %d, %s", bk.slots.shape[0], "greedy" if greedy else "sampling")
