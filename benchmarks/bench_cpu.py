@@ -5,6 +5,7 @@ the official .pth format so both runtimes load the very same file. One JSON line
 
     python benchmarks/bench_cpu.py                       # small + 0.1B, all runtimes
     python benchmarks/bench_cpu.py --shapes 0.1B --runtimes rwkvrt-fp32 --decode 64
+    python benchmarks/bench_cpu.py --gemv                # weight-layout microbenchmark
 
 decode  = one token per forward call with the state carried (the chat / generation loop),
 prefill = one forward call over a prompt of --prefill tokens from a zero state.
@@ -98,6 +99,30 @@ class Runner:
         return statistics.median(rates), max(rates)
 
 
+def gemv_layouts(threads: int) -> None:
+    """T = 1 matrix-vector time of the 0.1B shapes in both weight layouts, out of cache
+    (cycles through more matrices than the L3 holds). One JSON line per shape."""
+    import torch.nn.functional as F
+
+    for K, N, count in ((768, 768, 48), (768, 3072, 24), (3072, 768, 24), (768, 65536, 2)):
+        g = torch.Generator().manual_seed(0)
+        out_in = [torch.randn(N, K, generator=g) for _ in range(count)]
+        in_out = [w.t().contiguous() for w in out_in]
+        x = torch.randn(1, K, generator=g)
+        best = {"linear_out_in_ms": float("inf"), "matmul_in_out_ms": float("inf")}
+        with torch.inference_mode():
+            for _ in range(3):
+                for key, mats, fn in (("linear_out_in_ms", out_in, lambda w: F.linear(x, w)),
+                                      ("matmul_in_out_ms", in_out, lambda w: x @ w)):
+                    t0 = time.perf_counter()
+                    for w in mats:
+                        fn(w)
+                    best[key] = min(best[key], (time.perf_counter() - t0) / count * 1e3)
+        print(json.dumps({"threads": threads, "torch": torch.__version__, "in": K, "out": N,
+                          "mbytes": round(K * N * 4 / 1e6, 1), **{k: round(v, 3) for k, v in best.items()},
+                          "loadavg_1m": round(os.getloadavg()[0], 2)}), flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default="small,0.1B")
@@ -110,9 +135,14 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ckpt-dir", default=None, help="where to write/cache the random checkpoints")
+    ap.add_argument("--gemv", action="store_true",
+                    help="only time fp32 T=1 matmuls in [out,in] vs [in,out] weight layout")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    if args.gemv:
+        gemv_layouts(args.threads)
+        return 0
     root = Path(args.ckpt_dir) if args.ckpt_dir else Path(tempfile.gettempdir()) / "rwkvrt-bench-ckpt"
     root.mkdir(parents=True, exist_ok=True)
     base = {"device": f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
