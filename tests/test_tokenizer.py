@@ -206,6 +206,16 @@ def test_backend_argument():
             WorldTokenizer(backend="rust")
 
 
+def test_falls_back_without_rust(monkeypatch, official):
+    monkeypatch.setitem(sys.modules, "pyrwkv_tokenizer", None)  # import now raises ImportError
+    tok = WorldTokenizer()
+    assert tok.backend == "python"
+    s = "fallback: héllo 世界 😀\n\tdef f(x): return x"
+    assert tok.encode(s) == official.encode(s)
+    with pytest.raises(RWKVRTError):
+        WorldTokenizer(backend="rust")
+
+
 def test_decode_never_raises(world):
     assert world.decode([0]) == ""
     assert world.decode([]) == ""
