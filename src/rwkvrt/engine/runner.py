@@ -167,7 +167,8 @@ class DecodeRunner:
         B = len(sl)
         if B != len(tk) or B == 0 or len(set(sl)) != B:
             raise StateError("bad step batch", expected="as many distinct slots as tokens, at least one",
-                             got=f"{B} slots ({len(set(sl))} distinct), {len(tk)} tokens", fix="pass one token per slot")
+                             got=f"{B} slots ({len(set(sl))} distinct), {len(tk)} tokens",
+                             fix="pass one token per slot")
         for s in sl:
             self.slots.check(s)
         n = self.bucket_for(B)

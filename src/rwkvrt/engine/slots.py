@@ -26,7 +26,8 @@ class SlotPool:
     def check(self, slot: int) -> None:
         """Raise StateError unless ``slot`` is an allocated id."""
         if not isinstance(slot, int) or not 0 <= slot < self.capacity or slot in self._free:
-            raise StateError("not an allocated state slot", expected=f"an id returned by alloc() (0..{self.capacity - 1})",
+            raise StateError("not an allocated state slot",
+                             expected=f"an id returned by alloc() (0..{self.capacity - 1})",
                              got=repr(slot), fix="alloc() a slot first and do not use it after free()")
 
     @property
