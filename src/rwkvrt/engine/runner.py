@@ -53,10 +53,9 @@ def counter_noise(seed: torch.Tensor, counter: torch.Tensor, token_hash: torch.T
 class _Bucket:
     """Static buffers of one batch-size bucket (their addresses are baked into its graphs)."""
 
-    slots: torch.Tensor   # [n] int64 device
-    tokens: torch.Tensor  # [n, 1] int64 device
-    out: torch.Tensor     # [n] int64 device
-    host_in: torch.Tensor  # [2, n] int64 (pinned on cuda): slots, tokens
+    dev_in: torch.Tensor   # [2, n] int64 device: row 0 slot ids, row 1 token ids (one H2D copy)
+    out: torch.Tensor      # [n] int64 device
+    host_in: torch.Tensor  # [2, n] int64 (pinned on cuda), staging for dev_in
     graphs: dict          # greedy flag -> torch.cuda.CUDAGraph
     logits: dict          # greedy flag -> logits [n, V] of the last step (graph output)
 
@@ -174,12 +173,9 @@ class DecodeRunner:
         n = self.bucket_for(B)
         bk = self._bucket(n)
         greedy = all(self._greedy[s] for s in sl)
-        bk.host_in[0, :B] = torch.tensor(sl)
-        bk.host_in[0, B:] = self.dummy
-        bk.host_in[1, :B] = torch.tensor(tk)
-        bk.host_in[1, B:] = 0
-        bk.slots.copy_(bk.host_in[0], non_blocking=True)
-        bk.tokens[:, 0].copy_(bk.host_in[1], non_blocking=True)
+        pad = n - B
+        bk.host_in.copy_(torch.tensor([sl + [self.dummy] * pad, tk + [0] * pad], dtype=torch.int64))
+        bk.dev_in.copy_(bk.host_in, non_blocking=True)
         if self.use_graphs:
             if greedy not in bk.graphs:
                 self._capture(bk, greedy)
@@ -196,19 +192,19 @@ class DecodeRunner:
         if n not in self._buckets:
             dev = self.device
             host = torch.zeros(2, n, dtype=torch.int64, pin_memory=dev.type == "cuda")
-            self._buckets[n] = _Bucket(slots=torch.full((n,), self.dummy, device=dev, dtype=torch.int64),
-                                       tokens=torch.zeros(n, 1, device=dev, dtype=torch.int64),
-                                       out=torch.zeros(n, device=dev, dtype=torch.int64),
+            dev_in = torch.zeros(2, n, device=dev, dtype=torch.int64)
+            dev_in[0] = self.dummy
+            self._buckets[n] = _Bucket(dev_in=dev_in, out=torch.zeros(n, device=dev, dtype=torch.int64),
                                        host_in=host, graphs={}, logits={})
         return self._buckets[n]
 
     def _step_body(self, bk: _Bucket, greedy: bool) -> torch.Tensor:
         """Everything the graph holds: forward + sampling, writing bk.out. Returns the logits."""
-        logits = self.model.forward(bk.tokens, self.pool, slots=bk.slots)  # [n, V]
+        logits = self.model.forward(bk.dev_in[1].unsqueeze(1), self.pool, slots=bk.dev_in[0])  # [n, V]
         if greedy:
             bk.out.copy_(logits.argmax(dim=-1))
             return logits
-        s = bk.slots
+        s = bk.dev_in[0]
         logp = filtered_logprobs(logits, temperature=self.temperature[s], top_p=self.top_p[s],
                                  top_k=self.top_k[s], min_p=self.min_p[s])
         noise = counter_noise(self.seed[s], self.counter[s], self._token_hash)
@@ -220,8 +216,8 @@ class DecodeRunner:
         """Warm up on a side stream (compiles kernels, sizes cuBLAS workspaces), then capture.
 
         Warm-up and capture run with every row on the hidden slot, so no real state moves."""
-        real = bk.slots.clone()
-        bk.slots.fill_(self.dummy)
+        real = bk.dev_in.clone()
+        bk.dev_in[0].fill_(self.dummy)
         side = torch.cuda.Stream(device=self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
@@ -232,5 +228,5 @@ class DecodeRunner:
         with torch.cuda.graph(g, pool=self._mempool):
             bk.logits[greedy] = self._step_body(bk, greedy)
         bk.graphs[greedy] = g
-        bk.slots.copy_(real)
-        log.info("captured decode graph: bucket %d, %s", bk.slots.shape[0], "greedy" if greedy else "sampling")
+        bk.dev_in.copy_(real)
+        log.info("captured decode graph: bucket %d, %s", bk.out.shape[0], "greedy" if greedy else "sampling")
