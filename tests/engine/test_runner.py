@@ -137,6 +137,22 @@ def test_runner_seeded_sampling_is_batch_independent_and_filtered():
     assert together[1] == alone
     with pytest.raises(SamplingError):
         runner.alloc(SamplingParams(temperature=1.0, presence_penalty=0.5))
+    assert runner.slots.in_use == 0  # a refused request does not leak a slot
+
+
+def test_runner_token_ban_with_greedy():
+    _, _, fast = setup()
+    runner = DecodeRunner(fast, 2)
+    free = runner.alloc()
+    first = int(runner.prefill(free, PROMPTS[0]).argmax())
+    want = int(runner.step([free], [first])[0])
+    ban = SamplingParams(temperature=0.0, top_p=0.0, presence_penalty=0, frequency_penalty=0, token_ban=[want])
+    banned = runner.alloc(ban)
+    runner.prefill(banned, PROMPTS[0])
+    got = int(runner.step([banned], [first])[0])
+    assert got != want
+    assert got == int(runner.last_logits(1, greedy=False)[0].masked_fill(
+        torch.arange(fast.cfg.vocab_size) == want, float("-inf")).argmax())
 
 
 def test_counter_noise_is_exponential_and_distinct_per_counter():

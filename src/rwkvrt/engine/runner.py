@@ -92,6 +92,7 @@ class DecodeRunner:
         self.min_p = torch.zeros(S, device=dev)
         self.seed = torch.zeros(S, device=dev, dtype=torch.int64)
         self.counter = torch.zeros(S, device=dev, dtype=torch.int64)
+        self.ban = torch.zeros(S, cfg.vocab_size, device=dev, dtype=torch.bool)
         self._greedy = [True] * S
         self._token_hash = _hash32(torch.arange(cfg.vocab_size, device=dev, dtype=torch.int64))
         self._buckets: dict[int, _Bucket] = {}
@@ -99,6 +100,7 @@ class DecodeRunner:
 
     def alloc(self, params: SamplingParams | None = None) -> int:
         """A free slot id with a zeroed state (and the given sampling settings, default greedy)."""
+        self._checked(params)
         s = self.slots.alloc()
         self.reset(s)
         self.set_sampling(s, params)
@@ -113,18 +115,25 @@ class DecodeRunner:
         for t in (self.pool.att_x, self.pool.wkv, self.pool.ffn_x):
             t[:, slot].zero_()
 
-    def set_sampling(self, slot: int, params: SamplingParams | None = None) -> None:
-        """Per-slot temperature / top_p / top_k / min_p / seed (None: greedy). Penalties and bans are
-        not applied here (use the Generator for those). An unseeded request gets a random seed."""
-        self.slots.check(slot)
+    def _checked(self, params: SamplingParams | None) -> SamplingParams:
         p = params or SamplingParams(temperature=0.0, top_p=0.0, presence_penalty=0.0, frequency_penalty=0.0)
         p.validate(self.cfg.vocab_size)
-        if p.token_ban or p.presence_penalty or p.frequency_penalty:
-            raise SamplingError("the decode runner does not apply bans or penalties",
-                                expected="token_ban=() and zero presence/frequency penalties",
-                                got=f"ban={p.token_ban[:4]}, presence={p.presence_penalty}, "
-                                    f"frequency={p.frequency_penalty}",
-                                fix="pass SamplingParams with those off, or use rwkvrt.engine.Generator")
+        if p.presence_penalty or p.frequency_penalty:
+            raise SamplingError("the decode runner does not apply repetition penalties",
+                                expected="zero presence and frequency penalties",
+                                got=f"presence={p.presence_penalty}, frequency={p.frequency_penalty}",
+                                fix="pass SamplingParams with those at 0, or use rwkvrt.engine.Generator")
+        return p
+
+    def set_sampling(self, slot: int, params: SamplingParams | None = None) -> None:
+        """Per-slot temperature / top_p / top_k / min_p / token_ban / seed (None: greedy).
+        Repetition penalties are not applied here (use the Generator for those). An unseeded
+        request gets a random seed."""
+        self.slots.check(slot)
+        p = self._checked(params)
+        self.ban[slot] = False
+        if p.token_ban:
+            self.ban[slot, torch.tensor(p.token_ban, dtype=torch.int64, device=self.device)] = True
         seed = p.seed if p.seed is not None else int(torch.randint(0, 2**62, (1,)))
         self.temperature[slot] = p.temperature
         self.top_p[slot] = p.top_p
@@ -132,7 +141,8 @@ class DecodeRunner:
         self.min_p[slot] = p.min_p
         self.seed[slot] = seed & _M32 ^ (seed >> 32) & _M32
         self.counter[slot] = 0
-        self._greedy[slot] = p.temperature == 0 or p.top_p == 0 or p.top_k == 1
+        # all-greedy batches run a graph with a bare argmax (no sort, no noise); bans need the masked path
+        self._greedy[slot] = (p.temperature == 0 or p.top_p == 0 or p.top_k == 1) and not p.token_ban
 
     @torch.inference_mode()
     def prefill(self, slot: int, tokens) -> torch.Tensor:
@@ -205,7 +215,8 @@ class DecodeRunner:
             bk.out.copy_(logits.argmax(dim=-1))
             return logits
         s = bk.dev_in[0]
-        logp = filtered_logprobs(logits, temperature=self.temperature[s], top_p=self.top_p[s],
+        allowed = logits.masked_fill(self.ban[s], float("-inf"))
+        logp = filtered_logprobs(allowed, temperature=self.temperature[s], top_p=self.top_p[s],
                                  top_k=self.top_k[s], min_p=self.min_p[s])
         noise = counter_noise(self.seed[s], self.counter[s], self._token_hash)
         bk.out.copy_((logp - noise.log()).argmax(dim=-1))
