@@ -186,12 +186,18 @@ class DecodeRunner:
         pad = n - B
         bk.host_in.copy_(torch.tensor([sl + [self.dummy] * pad, tk + [0] * pad], dtype=torch.int64))
         bk.dev_in.copy_(bk.host_in, non_blocking=True)
-        if self.use_graphs:
+        if not self.use_graphs:
+            bk.logits[greedy] = self._step_body(bk, greedy)
+        else:
             if greedy not in bk.graphs:
                 self._capture(bk, greedy)
-            bk.graphs[greedy].replay()
-        else:
-            bk.logits[greedy] = self._step_body(bk, greedy)
+            g = bk.graphs[greedy]
+            if g is not None:
+                g.replay()
+            else:  # sampling could not be captured: graphed forward, eager sampler
+                bk.graphs[True].replay()
+                bk.logits[False] = bk.logits[True]
+                self._sample(bk, bk.logits[True])
         return bk.out[:B].to("cpu")
 
     def last_logits(self, n_rows: int, greedy: bool = True) -> torch.Tensor:
@@ -209,11 +215,16 @@ class DecodeRunner:
         return self._buckets[n]
 
     def _step_body(self, bk: _Bucket, greedy: bool) -> torch.Tensor:
-        """Everything the graph holds: forward + sampling, writing bk.out. Returns the logits."""
+        """Everything the graph holds: forward + argmax or sampler, writing bk.out. Returns the logits."""
         logits = self.model.forward(bk.dev_in[1].unsqueeze(1), self.pool, slots=bk.dev_in[0])  # [n, V]
         if greedy:
             bk.out.copy_(logits.argmax(dim=-1))
-            return logits
+        else:
+            self._sample(bk, logits)
+        return logits
+
+    def _sample(self, bk: _Bucket, logits: torch.Tensor) -> None:
+        """Per-row bans, filters and counter-based noise; writes bk.out, advances the rows' counters."""
         s = bk.dev_in[0]
         allowed = logits.masked_fill(self.ban[s], float("-inf"))
         logp = filtered_logprobs(allowed, temperature=self.temperature[s], top_p=self.top_p[s],
@@ -221,23 +232,33 @@ class DecodeRunner:
         noise = counter_noise(self.seed[s], self.counter[s], self._token_hash)
         bk.out.copy_((logp - noise.log()).argmax(dim=-1))
         self.counter.index_add_(0, s, torch.ones_like(s))
-        return logits
 
     def _capture(self, bk: _Bucket, greedy: bool) -> None:
         """Warm up on a side stream (compiles kernels, sizes cuBLAS workspaces), then capture.
 
-        Warm-up and capture run with every row on the hidden slot, so no real state moves."""
+        Warm-up and capture run with every row on the hidden slot, so no real state moves.
+        If the sampler cannot be captured (an op that syncs in some torch build), sampling
+        batches replay the greedy graph and run the sampler eagerly (logged once)."""
+        if not greedy and True not in bk.graphs:
+            self._capture(bk, True)
         real = bk.dev_in.clone()
         bk.dev_in[0].fill_(self.dummy)
-        side = torch.cuda.Stream(device=self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self._step_body(bk, greedy)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, pool=self._mempool):
-            bk.logits[greedy] = self._step_body(bk, greedy)
-        bk.graphs[greedy] = g
-        bk.dev_in.copy_(real)
+        try:
+            side = torch.cuda.Stream(device=self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self._step_body(bk, greedy)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=self._mempool):
+                bk.logits[greedy] = self._step_body(bk, greedy)
+            bk.graphs[greedy] = g
+        except RuntimeError as e:
+            if greedy:
+                raise
+            log.warning("sampling step could not be captured (%s): sampler runs eagerly", e)
+            bk.graphs[False] = None
+        finally:
+            bk.dev_in.copy_(real)
         log.info("captured decode graph: bucket %d, %s", bk.out.shape[0], "greedy" if greedy else "sampling")
