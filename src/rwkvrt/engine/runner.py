@@ -55,7 +55,7 @@ class _Bucket:
 
     dev_in: torch.Tensor   # [2, n] int64 device: row 0 slot ids, row 1 token ids (one H2D copy)
     out: torch.Tensor      # [n] int64 device
-    host_in: torch.Tensor  # [2, n] int64 (pinned on cuda), staging for dev_in
+    host_in: torch.Tensor | None  # [2, n] int64 (pinned on cuda), staging for dev_in
     graphs: dict          # greedy flag -> torch.cuda.CUDAGraph
     logits: dict          # greedy flag -> logits [n, V] of the last step (graph output)
 
@@ -156,6 +156,22 @@ class DecodeRunner:
         for s in range(0, t.shape[1], self.prefill_chunk):
             out = self.model.forward(t[:, s:s + self.prefill_chunk], self.pool, slots=sl)
         return out[0]
+
+    @torch.inference_mode()
+    def sample_next(self, slot: int, logits: torch.Tensor) -> int:
+        """Draw ``slot``'s next token from logits [V] (e.g. prefill's) with its own settings, eagerly.
+
+        Same sampler, seed and counter as ``step``, so a sequence's draws do not depend on
+        whether a token came from prefill or decode, or on the batch it shared."""
+        self.slots.check(slot)
+        bk = _Bucket(dev_in=torch.tensor([[slot], [0]], device=self.device),
+                     out=torch.zeros(1, device=self.device, dtype=torch.int64), host_in=None, graphs={}, logits={})
+        lg = logits.reshape(1, -1)
+        if self._greedy[slot]:
+            bk.out.copy_(lg.argmax(dim=-1))
+        else:
+            self._sample(bk, lg)
+        return int(bk.out[0])
 
     def bucket_for(self, n: int) -> int:
         for b in self.buckets:
