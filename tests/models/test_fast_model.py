@@ -86,6 +86,15 @@ def test_fast_slots_address_pool_rows_and_leave_others_untouched():
             assert torch.equal(getattr(pool, n)[:, s], getattr(before, n)[:, s])
 
 
+def test_fast_fold_lora_act_matches():
+    cfg, ref, fast = models(*SHAPES[0], fold_lora_act=True)
+    assert fast.layers[1].lora["g"] == fast.layers[1].lora["w"] + 1
+    tok = torch.randint(0, cfg.vocab_size, (2, 11), generator=torch.Generator().manual_seed(8))
+    a = ref.forward(tok, State.zeros(cfg, 2), full_output=True)
+    b = fast.forward(tok, State.zeros(cfg, 2), full_output=True)
+    assert rel_err(b, a) < 1e-5
+
+
 def test_fast_weights_layout():
     cfg, _, fast = models(*SHAPES[0])
     p0, p1 = fast.layers[0], fast.layers[1]
@@ -186,3 +195,16 @@ def test_fast_triton_backend_matches_reference_with_slots(kernel_device, T):
     assert rel_err(b, a) < 1e-4
     for n in ("att_x", "wkv", "ffn_x"):
         assert rel_err(getattr(p_tri, n), getattr(p_ref, n)) < 1e-4, n
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_fold_lora_act_fp16_accuracy():
+    g = _gpu_setup()
+    cfg = g["cfg"]
+    fast = RWKV7Fast(cfg, g["sd"], device="cuda", dtype=torch.float16, fold_lora_act=True)
+    with torch.inference_mode():
+        got = fast.forward(g["tok"][:, :512], State.zeros(cfg, 1, device="cuda", dtype=torch.float16),
+                           full_output=True)[0]
+    d, agree = _report("fp16 fold_lora_act GPT", got, g["want"][:512])
+    assert d <= 0.05 and agree >= 0.995

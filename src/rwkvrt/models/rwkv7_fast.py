@@ -37,10 +37,11 @@ from .config import RWKV7Config
 
 LN_EPS = 1e-5
 # Order of the six lerp rows produced by add_ln_lerp. r, k, v first so that xs[0:3] feeds the
-# stacked r/k/v product, and v, w, a, g contiguous so that xs[2:6] feeds the stacked LoRA-down
-# product (xs[3:6] in layer 0, which has no value-residual LoRA).
-MIX_ORDER = ("x_r", "x_k", "x_v", "x_w", "x_a", "x_g")
-LORA_ORDER = ("v", "w", "a", "g")
+# stacked r/k/v product, and v, a, w, g contiguous so that xs[2:6] feeds the stacked LoRA-down
+# product (xs[3:6] in layer 0, which has no value-residual LoRA); w and g adjacent so that
+# fold_lora_act can activate both with one launch.
+MIX_ORDER = ("x_r", "x_k", "x_v", "x_a", "x_w", "x_g")
+LORA_ORDER = ("v", "a", "w", "g")
 
 
 def _resolve_ops(dev: str, backend: str):
@@ -77,15 +78,21 @@ class RWKV7Fast:
     rkv_bmm: one batched product for r/k/v (True) or three ``F.linear`` (False); the LoRA
         products are always batched (see ``_load_layer``).
     prefill_chunk: longest run of tokens processed at once (bounds activation memory).
+    fold_lora_act: use tanh(h) = 2*sigmoid(2h) - 1 (the 2s folded into w1 / w2, exact powers
+        of two, the -colsum(w2) into w0) so ONE sigmoid_ launch activates both the decay and
+        gate rows of the LoRA hidden instead of tanh_ + sigmoid_. Equal up to rounding; off by
+        default until measured (saves one launch per layer; adds ~1 ulp of absolute error
+        near h = 0 in the decay LoRA).
     """
 
     SHORT_T = 4  # reference core: the fp32 loop up to this T, the chunked wkv above
 
     def __init__(self, cfg: RWKV7Config, sd: dict[str, torch.Tensor], *, device="cpu",
                  dtype: torch.dtype = torch.float16, backend: str = "auto", rkv_bmm: bool = True,
-                 prefill_chunk: int = 2048):
+                 prefill_chunk: int = 2048, fold_lora_act: bool = False):
         self.cfg, self.device, self.dtype = cfg, torch.device(device), dtype
         self.backend, self.rkv_bmm, self.prefill_chunk = backend, rkv_bmm, int(prefill_chunk)
+        self.fold_lora_act = fold_lora_act
         self.ops = _resolve_ops(self.device.type, backend)
         self._fused_core = self.ops.core is not timemix_ops.tmix_core_reference
         C = cfg.n_embd
@@ -141,6 +148,11 @@ class RWKV7Fast:
             p.down[j, : d.shape[1]] = d.t()
             p.up[j, :, : u.shape[0]] = u.t()
         p.lora = {n: j for j, n in enumerate(names)}
+        if self.fold_lora_act:
+            j = p.lora["w"]
+            p.w0 = p.w0 - ups[j].float().sum(0)
+            p.down[j] *= 2
+            p.up[j] *= 2
         p.lora_in = 2 if p.has_v else 3  # first xs row feeding the LoRA-down product
         p.Wo = take(att + "output.weight").contiguous()
         p.ffn_key = take(ffn + "key.weight").contiguous()
@@ -208,8 +220,11 @@ class RWKV7Fast:
             r, k, v = (F.linear(xs[j], W) for j, W in enumerate(p.Wrkv))
         n = len(p.lora)
         hid = torch.bmm(flat[p.lora_in:p.lora_in + n], p.down.mT)  # [n, BT, Dmax]
-        hid[p.lora["w"]].tanh_()
-        hid[p.lora["g"]].sigmoid_()
+        if self.fold_lora_act:
+            hid[p.lora["w"]:p.lora["g"] + 1].sigmoid_()  # w and g rows are adjacent (LORA_ORDER)
+        else:
+            hid[p.lora["w"]].tanh_()
+            hid[p.lora["g"]].sigmoid_()
         up = torch.bmm(hid, p.up.mT).view(n, B, T, C)
         w, a, g = up[p.lora["w"]], up[p.lora["a"]], up[p.lora["g"]]
         vres = {}
