@@ -240,8 +240,9 @@ def _gpu_random_sd(cfg, dtype):
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("name", ["0.1B", "1.5B", "7.2B"])
-def test_gpu_decode_speed_printed(name):
+@pytest.mark.parametrize("name,rkv_bmm,fold", [("0.1B", True, False), ("0.1B", False, False), ("0.1B", True, True),
+                                               ("1.5B", True, False), ("1.5B", False, True), ("7.2B", True, False)])
+def test_gpu_decode_speed_printed(name, rkv_bmm, fold):
     """Not a pass/fail benchmark: prints graphed batch-1 greedy decode tok/s and % of the bandwidth floor."""
     import time
 
@@ -249,7 +250,8 @@ def test_gpu_decode_speed_printed(name):
 
     cfg = published_config(name)
     dtype = torch.float16
-    fast = RWKV7Fast(cfg, _gpu_random_sd(cfg, dtype), device="cuda", dtype=dtype)
+    fast = RWKV7Fast(cfg, _gpu_random_sd(cfg, dtype), device="cuda", dtype=dtype, rkv_bmm=rkv_bmm,
+                     fold_lora_act=fold)
     r = DecodeRunner(fast, 1)
     s = r.alloc()
     tok = int(r.prefill(s, [1, 2, 3]).argmax())
@@ -265,5 +267,5 @@ def test_gpu_decode_speed_printed(name):
     lora = cfg.d_decay + cfg.d_aaa + cfg.d_mv + cfg.d_gate
     weight_bytes = 2 * (fast.head.numel() + L * (4 * C * C + 2 * C * cfg.d_ffn + 2 * C * lora))
     floor = 3.0e12 / weight_bytes
-    print(f"{name} fp16 batch-1 graphed greedy decode: {1 / dt:.0f} tok/s ({dt * 1e6:.0f} us/token), "
+    print(f"{name} fp16 rkv_bmm={rkv_bmm} fold_lora_act={fold} batch-1 graphed greedy decode: {1 / dt:.0f} tok/s ({dt * 1e6:.0f} us/token), "
           f"floor at 3.0 TB/s {floor:.0f} tok/s ({100 / dt / floor:.0f}%)")
