@@ -118,7 +118,9 @@ class _NativeEngine(_Engine):
     def __init__(self, cfg, sd, strategy, max_batch: int, prefill_chunk: int | None):
         dev = torch.device(strategy.device)
         runner_cls = None
-        if dev.type == "cuda":
+        # RWKVRT_BENCH_RUNNER=1 forces the runner (eager) on CPU, =0 the plain Model on CUDA
+        want = os.environ.get("RWKVRT_BENCH_RUNNER", "1" if dev.type == "cuda" else "0") == "1"
+        if want:
             try:
                 from .engine.runner import DecodeRunner as runner_cls
                 from .models.rwkv7_fast import RWKV7Fast
