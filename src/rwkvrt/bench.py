@@ -170,7 +170,8 @@ def _import_official(device_type: str) -> tuple[type, str]:
     os.environ["RWKV_JIT_ON"] = "1"
     if "rwkv.model" in sys.modules:  # already imported in this process: its kernel choice is fixed
         return sys.modules["rwkv.model"].RWKV, os.environ.get("RWKV_CUDA_ON", "0")
-    tries = ["1", "0"] if device_type == "cuda" else ["0"]
+    # on a GPU try the official CUDA kernel first, unless the caller turned it off (RWKV_CUDA_ON=0)
+    tries = ["1", "0"] if device_type == "cuda" and os.environ.get("RWKV_CUDA_ON") != "0" else ["0"]
     for i, flag in enumerate(tries):
         os.environ["RWKV_CUDA_ON"] = flag
         try:
@@ -266,8 +267,9 @@ def _emit(line: dict, json_only: bool) -> None:
         else:
             pct = line.get("pct_of_decode_floor", line.get("pct_of_prefill_floor"))
             msg = f"{line['tokens_per_s']:.1f} tok/s ({pct}% of floor)"
-        print(f"[bench] {line.get('impl', '')} {line.get('shape', '')} {line.get('test')} "
-              f"b{line.get('batch', '')}: {msg}", file=sys.stderr, flush=True)
+        what = "ceilings" if line.get("test") == "ceilings" else \
+            f"{line.get('impl', '')} {line.get('shape', '')} {line.get('test')} b{line.get('batch', '')}"
+        print(f"[bench] {what}: {msg}", file=sys.stderr, flush=True)
 
 
 def _run_engine(eng, args, base: dict, mb: dict, ceil: dict, batches: list[int]) -> None:
