@@ -7,7 +7,7 @@
 # Knobs (env): TOTAL_S (wall budget, default 530), PYTEST_S (cap on the GPU tests, 170),
 # SKIP_PYTEST=1, SHAPES ("0.1B 1.5B 7.2B"), COMPARE_SHAPES (shapes also run with --compare rwkv,
 # default all of SHAPES), PP ("512,8192"), TG (64), BATCH ("1,8,64,256"), BATCH_7_2B ("1,64,256"),
-# WARMUP (1), REPEAT (2), STRATEGY ("cuda fp16"), RWKV_CUDA_ON (1: build the official CUDA kernel).
+# COMPARE_PP (official prefill lengths, default PP), WARMUP (1), REPEAT (2), STRATEGY ("cuda fp16"), RWKV_CUDA_ON (1: build the official CUDA kernel).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
@@ -52,6 +52,8 @@ if [ "$RWKV_CUDA_ON" = 1 ] && [ -n "$COMPARE_SHAPES" ]; then
       > "$OUT/rwkv_build.log" 2>&1; then
     echo "official CUDA kernel build failed or timed out (rwkv_build.log): official runs use RWKV_CUDA_ON=0"
     export RWKV_CUDA_ON=0
+    # without its kernel the official prefill is a per-token Python loop: 8192 tokens take minutes
+    COMPARE_PP=${COMPARE_PP:-512}
   fi
 fi
 
@@ -65,7 +67,7 @@ for shape in $SHAPES; do
   t=$(( $(left) / (n_shapes - i + 1) ))
   [ "$t" -lt 20 ] && { echo "skip $shape: out of time"; continue; }
   b=$BATCH; [ "$shape" = 7.2B ] && b=$BATCH_7_2B
-  cmp=""; case " $COMPARE_SHAPES " in *" $shape "*) cmp="--compare rwkv";; esac
+  cmp=""; case " $COMPARE_SHAPES " in *" $shape "*) cmp="--compare rwkv --compare-pp ${COMPARE_PP:-$PP}";; esac
   echo "== bench $shape (cap ${t}s) pp=$PP tg=$TG batch=$b $cmp"
   timeout -k 10 "$t" $BENCH --shape "$shape" --strategy "$STRATEGY" --pp "$PP" --tg "$TG" --batch "$b" \
     --warmup "$WARMUP" --repeat "$REPEAT" $cmp --json-only >> "$OUT/bench.jsonl" 2>> "$OUT/bench.log"

@@ -113,3 +113,18 @@ def test_floors_formula():
     assert mb["weights_bytes"] == 2 * (mb["block_params"] + 1000 * 128 + 128)
     assert bench_ceilings.decode_floor(mb, ceil, 4) == pytest.approx(4 * 100e9 / (mb["weights_bytes"] + 4 * S))
     assert bench_ceilings.prefill_floor(mb, ceil) == pytest.approx(1e12 / (2 * mb["block_params"]))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bench_gpu_tiny(capsys):
+    """The CUDA path (runner with graphs when it imports) and the official package, tiny shape."""
+    rc = bench.run(_args("--shape", "L2-C128-V1000", "--strategy", "cuda fp16", "--pp", "16", "--tg", "4",
+                         "--batch", "1,2", "--warmup", "1", "--repeat", "1", "--compare", "rwkv", "--json-only"))
+    assert rc == 0
+    lines = _lines(capsys)
+    assert lines[0]["triton"] is None or isinstance(lines[0]["triton"], str)
+    res = lines[1:]
+    assert not [r for r in res if "error" in r], res
+    assert {r["path"] for r in res if r["impl"] == "rwkvrt"} <= {"runner-graphs", "eager"}
+    assert {r["impl"] for r in res} == {"rwkvrt", "rwkv-0.8.32"}

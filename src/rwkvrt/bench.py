@@ -51,6 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=_ints, default=[1], help="decode batch sizes, comma list (default 1)")
     p.add_argument("--compare", choices=["rwkv"], default=None,
                    help="also time the official rwkv package on the same weights (batch 1)")
+    p.add_argument("--compare-pp", type=_ints, default=None,
+                   help="prefill lengths for the official package (default: those of --pp)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs (prefill) / steps x tg/8 (decode); default 2")
     p.add_argument("--repeat", type=int, default=3, help="timed runs per configuration; the median is reported")
     p.add_argument("--prefill-chunk", type=int, default=None, help="tokens per prefill call of the fast runner")
@@ -272,10 +274,10 @@ def _emit(line: dict, json_only: bool) -> None:
         print(f"[bench] {what}: {msg}", file=sys.stderr, flush=True)
 
 
-def _run_engine(eng, args, base: dict, mb: dict, ceil: dict, batches: list[int]) -> None:
+def _run_engine(eng, args, base: dict, mb: dict, ceil: dict, batches: list[int], pps: list[int]) -> None:
     """Every prefill and decode configuration of one engine; each failure becomes an error line."""
     common = {**base, "impl": eng.impl, "path": eng.path, **eng.extra}
-    for n in args.pp:
+    for n in pps:
         line = {**common, "test": f"pp{n}", "batch": 1}
         try:
             bc.reset_peak(eng.device)
@@ -343,7 +345,7 @@ def run(args: argparse.Namespace) -> int:
             eng, rc = None, 1
         del sd
         if eng is not None:
-            _run_engine(eng, args, base, mb, ceil, batches)
+            _run_engine(eng, args, base, mb, ceil, batches, args.pp)
             eng.close()
             del eng
         _after_error(dev)
@@ -354,7 +356,7 @@ def run(args: argparse.Namespace) -> int:
                 _emit({**base, "impl": "rwkv", "test": "load", "error": f"{type(e).__name__}: {e}"[:400]},
                       args.json_only)
                 return 1
-            _run_engine(off, args, base, mb, ceil, [1])
+            _run_engine(off, args, base, mb, ceil, [1], args.compare_pp or args.pp)
             off.close()
             del off
             _after_error(dev)
