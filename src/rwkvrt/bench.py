@@ -316,7 +316,7 @@ def run(args: argparse.Namespace) -> int:
     Raises RWKVRTError for a bad shape or strategy; per-configuration failures become JSON lines."""
     strategy = parse_strategy(args.strategy or ("cuda fp16" if torch.cuda.is_available() else "cpu fp32"))
     dev = torch.device(strategy.device)
-    if dev.type == "cuda":
+    if dev.type == "cuda" and dev.index is not None:
         torch.cuda.set_device(dev)
     cfg, sd, ckpt = resolve_shape(args.shape, dev, strategy.dtype, args.seed)
     meta = bc.run_meta(dev)
