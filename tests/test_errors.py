@@ -136,8 +136,6 @@ def test_bad_token_ids_compat(path):
     assert same(st, snap)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a float token tensor is silently truncated to int (tokens_tensor "
-                                       "calls .to(torch.long) without checking the dtype)")
 def test_float_token_tensor_rejected(model):
     with pytest.raises(TokenError):
         model.forward(torch.tensor([[1.5, 2.0]]))
@@ -269,8 +267,6 @@ def test_chat_bad_save_keeps_going(path, tmp_path, capsys, monkeypatch):
     assert rc == 0 and "cannot save" in err and out.startswith("Assistant:")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: save_state into a missing directory raises safetensors' "
-                                       "SafetensorError, not a StateError")
 def test_save_state_missing_dir_is_state_error(model, tmp_path):
     with pytest.raises(StateError):
         rwkvrt.save_state(model.zero_state(1), tmp_path / "no" / "dir" / "s.safetensors")

@@ -157,8 +157,6 @@ def test_save_state_rejects_non_state(tmp_path):
         rwkvrt.save_state([torch.zeros(3)], tmp_path / "x")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: forward returns inference-mode tensors; a state created by forward "
-                                       "(state=None) cannot be written through the official list view")
 def test_state_from_forward_is_writable(path):
     m = rwkvrt.RWKV(str(path), "cpu fp32")
     _, st = m.forward(P1, None)

@@ -28,7 +28,7 @@ class RWKV(Model):
     def generate_zero_state(self):
         return self.zero_state(1)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def forward(self, tokens, state=None, full_output: bool = False):
         """tokens: an int or a list of ints (one sequence). Returns (logits [V] or [T, V], state)."""
         t = self.tokens_tensor(tokens)

@@ -23,7 +23,12 @@ class Model:
                  backend: str = "auto"):
         self.config, self.strategy, self.path = cfg, strategy, path
         self.device, self.dtype = torch.device(strategy.device), strategy.dtype
-        self.net = RWKV7(cfg, sd, device=self.device, dtype=self.dtype, backend=backend)
+        if self.device.type == "cuda" and backend != "reference":
+            # the fused GPU path: concatenated weights, Triton kernels, fp32 residual stream
+            from .models.rwkv7_fast import RWKV7Fast
+            self.net = RWKV7Fast(cfg, sd, device=self.device, dtype=self.dtype, backend=backend)
+        else:
+            self.net = RWKV7(cfg, sd, device=self.device, dtype=self.dtype, backend=backend)
         self._tokenizer = None
 
     @property
@@ -59,12 +64,19 @@ class Model:
         if state.device != self.device or state.dtype != self.dtype:
             moved = state.to(self.device, self.dtype)
             state.att_x, state.wkv, state.ffn_x = moved.att_x, moved.wkv, moved.ffn_x
+        if not (state.wkv.is_contiguous() and state.att_x.is_contiguous() and state.ffn_x.is_contiguous()):
+            state.att_x, state.wkv, state.ffn_x = (t.contiguous() for t in (state.att_x, state.wkv, state.ffn_x))
         return state
 
     def tokens_tensor(self, tokens) -> torch.Tensor:
         """int | list[int] | list[list[int]] | Tensor -> LongTensor [B, T] on the device, range-checked."""
         V = self.config.vocab_size
+        if not isinstance(tokens, torch.Tensor) and hasattr(tokens, "tolist") and not isinstance(tokens, (list, tuple)):
+            tokens = tokens.tolist()  # numpy arrays and the like
         if isinstance(tokens, torch.Tensor):
+            if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+                raise TokenError("token ids must be integers", expected="an integer tensor", got=f"a {tokens.dtype} tensor",
+                                 fix="encode text with the model's tokenizer")
             t = tokens.to(torch.long)
         else:
             if isinstance(tokens, int):
@@ -95,7 +107,7 @@ class Model:
                              fix="use the model's own tokenizer")
         return t.to(self.device)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def forward(self, tokens, state: State | None = None, *, full_output: bool = False):
         """tokens: see ``tokens_tensor``. Returns (logits, state): logits [B, T, V] or [B, V] (activation dtype).
 

@@ -45,10 +45,22 @@ def save_state(state: State, path, model=None) -> Path:
         meta["model_fingerprint"] = model_fingerprint(model)
     tensors = {"att_x": state.att_x.detach().cpu().contiguous(), "wkv": state.wkv.detach().cpu().contiguous(),
                "ffn_x": state.ffn_x.detach().cpu().contiguous()}
+    if p.is_dir() or not p.parent.is_dir():
+        raise StateError("cannot write the state file", expected="a file path in an existing directory",
+                         got=str(p), fix="create the directory first or pick another file name")
     tmp = p.with_name(p.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, p)
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return p
+
+
+def _head8(p: Path) -> bytes:
+    with open(p, "rb") as f:
+        return f.read(8)
 
 
 def _from_time_state(sd: dict, model, p: Path) -> State:
@@ -81,7 +93,7 @@ def load_state(path, model) -> State:
             raise StateError("state file not found", expected="a file written by rwkvrt.save_state or a .pth state",
                              got=f"'{p}'", fix="check the path")
     cfg = model.config
-    head = p.read_bytes()[:8] if p.stat().st_size >= 8 else b""
+    head = _head8(p) if p.stat().st_size >= 8 else b""
     if p.suffix == ".pth" or head[:2] == b"PK":
         try:
             sd = torch.load(str(p), map_location="cpu", weights_only=True)

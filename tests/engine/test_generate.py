@@ -208,8 +208,6 @@ def test_empty_prompt_is_token_error(byte_model):
     assert not st.wkv.any()
 
 
-@pytest.mark.xfail(strict=True, reason="bug: RWKV.forward returns inference-mode tensors, so the official "
-                                       "PIPELINE.generate (out[n] = -inf, out[n] -= penalty) cannot edit the logits")
 def test_official_pipeline_runs_on_rwkvrt_model(world_path):
     utils = pytest.importorskip("rwkv.utils")
     model = rwkvrt.RWKV(str(world_path), "cpu fp32")
