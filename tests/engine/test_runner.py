@@ -183,8 +183,10 @@ def test_gpu_graph_replay_equals_eager(dtype):
             seq.append(toks)
         outs.append((seq, r.pool.clone()))
     assert outs[0][0] == outs[1][0]
+    # the hidden padding slot (the pool's last row) is scratch: several padding rows race on it
+    real = graphed.max_batch
     for n in ("att_x", "wkv", "ffn_x"):
-        assert torch.equal(getattr(outs[0][1], n), getattr(outs[1][1], n)), n
+        assert torch.equal(getattr(outs[0][1], n)[:, :real], getattr(outs[1][1], n)[:, :real]), n
 
 
 @pytest.mark.gpu

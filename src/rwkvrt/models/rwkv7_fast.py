@@ -103,6 +103,7 @@ class RWKV7Fast:
                                     f32("blocks.0.ln0.bias"), LN_EPS).to(dtype).contiguous()
             self.ln_out = (f32("ln_out.weight"), f32("ln_out.bias"))
             self.head = sd["head.weight"].to(self.device, dtype).contiguous()
+            self._head_fp32 = self._mm_out_fp32_works()
             self.layers = [self._load_layer(sd, i) for i in range(cfg.n_layer)]
 
     def _load_layer(self, sd, i: int) -> SimpleNamespace:
@@ -167,7 +168,7 @@ class RWKV7Fast:
         wkv [L, S, H, N, N] fp32, contiguous), rows ``slots`` (int64 [B] on the device, distinct
         except for padding rows) or, when slots is None, all S == B rows UPDATED IN PLACE.
         Returns logits [B, T, V] (full_output) or [B, V] for the last token, in the activation
-        dtype. Prompts longer than ``prefill_chunk`` are run in chunks (same result).
+        dtype (float32 on CUDA for fp16/bf16 models: the head writes fp32 logits). Prompts longer than ``prefill_chunk`` are run in chunks (same result).
         """
         B, T = tokens.shape
         if slots is None:
@@ -206,8 +207,24 @@ class RWKV7Fast:
         if not full_output:
             x, res = x[:, -1:], res[:, -1:]
         xn, _ = self.ops.norm.add_layer_norm(x, res, self.ln_out[0], self.ln_out[1], LN_EPS)
-        out = F.linear(xn, self.head)
+        if self._head_fp32:
+            # half inputs, fp32 accumulate AND fp32 output: rounding logits to fp16 (ulp 0.004 at 4)
+            # would flip near-tied argmaxes for nothing; the extra write is 2 bytes per logit
+            out = torch.mm(xn.reshape(-1, xn.shape[-1]), self.head.t(), out_dtype=torch.float32)
+            out = out.view(*xn.shape[:-1], -1)
+        else:
+            out = F.linear(xn, self.head)
         return out if full_output else out[:, 0]
+
+    def _mm_out_fp32_works(self) -> bool:
+        """torch.mm(..., out_dtype=float32) for half inputs exists on CUDA in recent torch builds."""
+        if self.device.type != "cuda" or self.dtype not in (torch.float16, torch.bfloat16):
+            return False
+        try:
+            a = torch.ones(2, 16, device=self.device, dtype=self.dtype)
+            return torch.mm(a, a.t(), out_dtype=torch.float32).dtype == torch.float32
+        except (RuntimeError, TypeError, NotImplementedError):
+            return False
 
     def _time_mix(self, i, p, xs, state, slots, v_first):
         """xs [6, B, T, C] lerp rows in MIX_ORDER -> (attention output [B, T, C], v_first)."""
