@@ -271,3 +271,35 @@ def test_gpu_decode_speed_printed(name, rkv_bmm, fold):
     floor = 3.0e12 / weight_bytes
     print(f"{name} fp16 rkv_bmm={rkv_bmm} fold_lora_act={fold} batch-1 graphed greedy decode: {1 / dt:.0f} tok/s ({dt * 1e6:.0f} us/token), "
           f"floor at 3.0 TB/s {floor:.0f} tok/s ({100 / dt / floor:.0f}%)")
+
+
+def test_prefill_pieces_are_exact():
+    """Prompts are cut into prefill_chunk pieces plus the binary digits of the rest (one graph per
+    length on a GPU); the logits and state equal one forward over the whole prompt."""
+    cfg, sd, fast = setup()
+    runner = DecodeRunner(fast, 2, prefill_chunk=8, use_graphs=False)
+    assert runner.prefill_pieces(29) == [8, 8, 8, 4, 1]
+    assert runner.prefill_pieces(7) == [4, 2, 1] and runner.prefill_pieces(16) == [8, 8]
+    prompt = [(i * 7 + 3) % cfg.vocab_size for i in range(29)]
+    s = runner.alloc()
+    got = runner.prefill(s, prompt)
+    st = State.zeros(cfg, 1)
+    want = RWKV7(cfg, sd).forward(torch.tensor([prompt]), st)[0]
+    assert rel_err(got, want) < 1e-5
+    assert rel_err(runner.pool.wkv[:, s], st.wkv[:, 0]) < 1e-5
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_graphed_prefill_equals_eager():
+    cfg, sd = gpu_ckpt()
+    fast = RWKV7Fast(cfg, sd, device="cuda", dtype=torch.float16)
+    prompt = [(i * 37 + 1) % 65536 for i in range(777)]
+    outs = []
+    for ug in (True, False):
+        r = DecodeRunner(fast, 2, use_graphs=ug, prefill_chunk=256)
+        s = r.alloc()
+        outs.append((r.prefill(s, prompt), r.pool.wkv[:, s].clone()))
+        outs.append((r.prefill(s, prompt[:100]), r.pool.wkv[:, s].clone()))  # graphs reused, state chained
+    assert torch.equal(outs[0][0], outs[2][0]) and torch.equal(outs[0][1], outs[2][1])
+    assert torch.equal(outs[1][0], outs[3][0]) and torch.equal(outs[1][1], outs[3][1])

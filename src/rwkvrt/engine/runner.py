@@ -97,6 +97,9 @@ class DecodeRunner:
         self._token_hash = _hash32(torch.arange(cfg.vocab_size, device=dev, dtype=torch.int64))
         self._buckets: dict[int, _Bucket] = {}
         self._mempool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+        # prefill graphs keep their own pool: their outputs must not share memory with decode graphs
+        self._prefill_mempool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+        self._prefill_graphs: dict[int, dict] = {}
 
     def alloc(self, params: SamplingParams | None = None) -> int:
         """A free slot id with a zeroed state (and the given sampling settings, default greedy)."""
@@ -144,18 +147,60 @@ class DecodeRunner:
         # all-greedy batches run a graph with a bare argmax (no sort, no noise); bans need the masked path
         self._greedy[slot] = (p.temperature == 0 or p.top_p == 0 or p.top_k == 1) and not p.token_ban
 
+    def prefill_pieces(self, T: int) -> list[int]:
+        """How a prompt of T tokens is cut: full ``prefill_chunk`` pieces, then the binary digits of
+        the rest (e.g. 1000 with chunk 1024 -> 512, 256, 128, 64, 32, 8). Each length is one CUDA
+        graph, so a prompt costs a few replays instead of ~10 Python-launched kernels per layer;
+        cutting is exact (the state carries over)."""
+        pieces = [self.prefill_chunk] * (T // self.prefill_chunk)
+        rem = T % self.prefill_chunk
+        while rem:
+            p = 1 << (rem.bit_length() - 1)
+            pieces.append(p)
+            rem -= p
+        return pieces
+
     @torch.inference_mode()
     def prefill(self, slot: int, tokens) -> torch.Tensor:
-        """Read prompt tokens (list[int] or 1-D tensor) into ``slot``; returns the last logits [V]."""
+        """Read prompt tokens (list[int] or 1-D tensor) into ``slot``; returns the last logits [V] (a copy)."""
         self.slots.check(slot)
         t = torch.as_tensor(tokens, dtype=torch.int64).reshape(1, -1).to(self.device)
         if t.shape[1] == 0:
             raise StateError("empty prompt", expected="at least one token", got="0", fix="pass some tokens")
         sl = torch.tensor([slot], device=self.device, dtype=torch.int64)
-        out = None
-        for s in range(0, t.shape[1], self.prefill_chunk):
-            out = self.model.forward(t[:, s:s + self.prefill_chunk], self.pool, slots=sl)
-        return out[0]
+        out, s = None, 0
+        for n in self.prefill_pieces(t.shape[1]):
+            chunk = t[:, s:s + n]
+            s += n
+            if not self.use_graphs:
+                out = self.model.forward(chunk, self.pool, slots=sl)
+                continue
+            g = self._prefill_graph(n)
+            g["tokens"].copy_(chunk)
+            g["slot"].copy_(sl)
+            g["graph"].replay()
+            out = g["logits"]
+        return out[0].clone()
+
+    def _prefill_graph(self, n: int) -> dict:
+        """The captured forward of n tokens into one slot (captured on the hidden slot, so no real state moves)."""
+        if n not in self._prefill_graphs:
+            dev = self.device
+            g = {"tokens": torch.zeros(1, n, device=dev, dtype=torch.int64),
+                 "slot": torch.full((1,), self.dummy, device=dev, dtype=torch.int64)}
+            side = torch.cuda.Stream(device=dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self.model.forward(g["tokens"], self.pool, slots=g["slot"])
+            torch.cuda.current_stream(dev).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._prefill_mempool):
+                g["logits"] = self.model.forward(g["tokens"], self.pool, slots=g["slot"])
+            g["graph"] = graph
+            self._prefill_graphs[n] = g
+            log.info("captured prefill graph: %d tokens", n)
+        return self._prefill_graphs[n]
 
     @torch.inference_mode()
     def sample_next(self, slot: int, logits: torch.Tensor) -> int:
