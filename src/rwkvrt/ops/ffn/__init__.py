@@ -13,11 +13,8 @@ compared with ``torch.relu(x) ** 2`` (two launches, two new tensors).
 """
 from __future__ import annotations
 
-import logging
 
 from .reference import relu_square_reference_
-
-log = logging.getLogger(__name__)
 
 __all__ = ["relu_square_reference_", "resolve"]
 
@@ -27,19 +24,10 @@ def resolve(device: str, backend: str = "auto"):
 
     An explicitly requested triton backend that cannot be imported raises BackendError.
     """
-    from ...errors import BackendError
+    from .._backend import choose
 
-    if backend in ("reference", "torch") or (backend == "auto" and not device.startswith("cuda")):
-        return relu_square_reference_
-    if backend in ("triton", "auto"):
-        try:
-            from .triton_relu import relu_square_triton_
-        except ImportError as e:
-            if backend == "triton":
-                raise BackendError("the triton backend for the FFN element-wise ops is not available",
-                                   got=str(e), fix="pip install 'rwkvrt[gpu]' on a CUDA machine") from None
-            log.warning("triton is not importable (%s): %s uses the plain-torch reference", e, __name__)
-            return relu_square_reference_
+    def triton():
+        from .triton_relu import relu_square_triton_
         return relu_square_triton_
-    raise BackendError("unknown ffn backend", expected="auto, reference, torch or triton",
-                       got=repr(backend), fix="pick one of those")
+
+    return choose("the FFN element-wise ops", device, backend, relu_square_reference_, triton)

@@ -18,13 +18,10 @@ saved, one launch instead of two).
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Callable
 
 from .reference import add_layer_norm_reference, layer_norm_reference
-
-log = logging.getLogger(__name__)
 
 __all__ = ["NormOps", "add_layer_norm_reference", "layer_norm_reference", "resolve"]
 
@@ -40,20 +37,11 @@ class NormOps:
 
 def resolve(device: str, backend: str = "auto") -> NormOps:
     """Return the norm functions for ``device``; auto -> triton on cuda, reference elsewhere."""
-    from ...errors import BackendError
+    from .._backend import choose
 
-    reference = NormOps(layer_norm_reference, add_layer_norm_reference, "reference")
-    if backend in ("reference", "torch") or (backend == "auto" and not device.startswith("cuda")):
-        return reference
-    if backend in ("triton", "auto"):
-        try:
-            from .triton_norm import add_layer_norm_triton, layer_norm_triton
-        except ImportError as e:
-            if backend == "triton":
-                raise BackendError("the triton backend for layer norm is not available",
-                                   got=str(e), fix="pip install 'rwkvrt[gpu]' on a CUDA machine") from None
-            log.warning("triton is not importable (%s): %s uses the plain-torch reference", e, __name__)
-            return reference
+    def triton():
+        from .triton_norm import add_layer_norm_triton, layer_norm_triton
         return NormOps(layer_norm_triton, add_layer_norm_triton, "triton")
-    raise BackendError("unknown norm backend", expected="auto, reference, torch or triton",
-                       got=repr(backend), fix="pick one of those")
+
+    return choose("layer norm", device, backend, NormOps(layer_norm_reference, add_layer_norm_reference, "reference"),
+                  triton)

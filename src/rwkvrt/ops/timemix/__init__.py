@@ -25,18 +25,10 @@ __all__ = ["tmix_core_reference", "resolve"]
 
 def resolve(device: str, backend: str = "auto"):
     """Return the fused time-mix core for ``device``; the reference composes plain torch ops."""
-    from ...errors import BackendError
+    from .._backend import choose
 
-    if backend in ("reference", "torch") or (backend == "auto" and not device.startswith("cuda")):
-        return tmix_core_reference
-    if backend in ("triton", "auto"):
-        try:
-            from .triton_fused import tmix_core_triton
-        except ImportError as e:
-            if backend == "triton":
-                raise BackendError("the triton backend for the time-mix core is not available",
-                                   got=str(e), fix="pip install 'rwkvrt[gpu]' on a CUDA machine") from None
-            return tmix_core_reference
+    def triton():
+        from .triton_fused import tmix_core_triton
         return tmix_core_triton
-    raise BackendError("unknown time-mix backend", expected="auto, reference, torch or triton",
-                       got=repr(backend), fix="pick one of those")
+
+    return choose("the time-mix core", device, backend, tmix_core_reference, triton)

@@ -34,13 +34,10 @@ the stream, no normed tensor round trip, no separate state copy.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Callable
 
 from .reference import add_ln_lerp_reference, lerp1_reference, lerp6_reference
-
-log = logging.getLogger(__name__)
 
 __all__ = ["TokenShiftOps", "add_ln_lerp_reference", "lerp6_reference", "lerp1_reference", "resolve"]
 
@@ -57,20 +54,11 @@ class TokenShiftOps:
 
 def resolve(device: str, backend: str = "auto") -> TokenShiftOps:
     """Return the token-shift functions for ``device``; auto -> triton on cuda, reference elsewhere."""
-    from ...errors import BackendError
+    from .._backend import choose
+
+    def triton():
+        from .triton_lerp import add_ln_lerp_triton, lerp1_triton, lerp6_triton
+        return TokenShiftOps(lerp6_triton, lerp1_triton, add_ln_lerp_triton, "triton")
 
     reference = TokenShiftOps(lerp6_reference, lerp1_reference, add_ln_lerp_reference, "reference")
-    if backend in ("reference", "torch") or (backend == "auto" and not device.startswith("cuda")):
-        return reference
-    if backend in ("triton", "auto"):
-        try:
-            from .triton_lerp import add_ln_lerp_triton, lerp1_triton, lerp6_triton
-        except ImportError as e:
-            if backend == "triton":
-                raise BackendError("the triton backend for token shift is not available",
-                                   got=str(e), fix="pip install 'rwkvrt[gpu]' on a CUDA machine") from None
-            log.warning("triton is not importable (%s): %s uses the plain-torch reference", e, __name__)
-            return reference
-        return TokenShiftOps(lerp6_triton, lerp1_triton, add_ln_lerp_triton, "triton")
-    raise BackendError("unknown token-shift backend", expected="auto, reference, torch or triton",
-                       got=repr(backend), fix="pick one of those")
+    return choose("token shift", device, backend, reference, triton)
