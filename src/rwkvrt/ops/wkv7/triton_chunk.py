@@ -49,6 +49,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_recurrent import check_layout
+
 _DECAY_SCALE = tl.constexpr(0.6065306597126334)  # exp(-0.5), as reference.DECAY_SCALE
 
 CHUNK = 32
@@ -195,9 +197,7 @@ def wkv7_chunk_triton(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torc
     """
     B, T, H, N = r.shape
     assert chunk_size in (16, 32, 64), "chunk_size must be 16, 32 or 64"
-    assert state.dtype == torch.float32 and state.is_contiguous() and state.shape == (B, H, N, N)
-    assert all(x.is_contiguous() and x.shape == r.shape for x in (r, w, k, v, a, b))
-    assert N >= 16 and (N & (N - 1)) == 0, "N must be a power of 2 >= 16"
+    check_layout(r, w, k, v, a, b, state)
     y = torch.empty_like(r)
     if T == 0 or B == 0:
         return y, state

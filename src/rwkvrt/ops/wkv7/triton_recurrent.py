@@ -80,6 +80,14 @@ def wkv7_recurrent_fwd_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, s_ptr, y
     tl.store(s_ptrs, S)
 
 
+def check_layout(r, w, k, v, a, b, state) -> None:
+    """Internal invariants the Triton wkv7 wrappers need (the dispatcher makes inputs contiguous)."""
+    B, T, H, N = r.shape
+    assert state.dtype == torch.float32 and state.is_contiguous() and state.shape == (B, H, N, N)
+    assert all(x.is_contiguous() and x.shape == r.shape for x in (r, w, k, v, a, b))
+    assert N >= 16 and (N & (N - 1)) == 0, "N must be a power of 2 >= 16"
+
+
 def wkv7_recurrent_triton(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                           a: torch.Tensor, b: torch.Tensor, state: torch.Tensor, *,
                           block_v: int | None = None, num_warps: int | None = None,
@@ -95,9 +103,7 @@ def wkv7_recurrent_triton(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: 
     Returns y [B, T, H, N] in r's dtype and ``state``. No host syncs: CUDA-graph capturable.
     """
     B, T, H, N = r.shape
-    assert state.dtype == torch.float32 and state.is_contiguous() and state.shape == (B, H, N, N)
-    assert all(x.is_contiguous() and x.shape == r.shape for x in (r, w, k, v, a, b))
-    assert N >= 16 and (N & (N - 1)) == 0, "N must be a power of 2 >= 16"
+    check_layout(r, w, k, v, a, b, state)
     y = torch.empty_like(r)
     if T == 0 or B == 0:
         return y, state
