@@ -39,6 +39,24 @@ steps), ``prep_warps`` (8: offline sm_90 compile shows 248-255 regs; no spills f
 at C<=32, ~250 B/thread of spills for tf32x3 at C=32, large at C=64), ``block_v`` and
 ``scan_warps`` (scan parallelism B*H*N/block_v), ``scan_stages`` (prefetch depth).
 
+Optional variants (keyword arguments of ``wkv7_chunk_triton``; defaults = the above):
+  * ``inverse="doubling"``: Tinv without the serial C-step loop, by recursive block
+    doubling: with T_s the inverse of the block-diagonal part of (I - A_ab) with blocks
+    of size s (T_1 = I), T_2s = T_s + T_s Lo_2s T_s, Lo_2s = the strictly lower s x s
+    blocks inside the 2s x 2s diagonal blocks of A_ab (exact block 2x2 inversion:
+    [[T1, 0], [T2 L21 T1, T2]]). log2(C) levels of 2 [C,C]x[C,C] tl.dot each, no
+    cross-thread reduction loop. Stable: every factor is an inverse of a sub-chunk's
+    (I - A_ab), bounded like Tinv itself. (The Neumann product (I+L)(I+L^2)(I+L^4)...
+    was rejected: its partial sums reach 4e7 at C=32 / 4e16 at C=64 on correlated keys
+    with a_lr = 1 and lose all accuracy in fp32; doubling stays at 1e-7 there.)
+  * ``output="parallel"``: three kernels. ``wkv7_chunk_wu_kernel`` (grid (chunks, B*H))
+    stores P, U [C, N] and M, E [N, N] (no r-side work: fewer live tiles);
+    ``wkv7_chunk_states_kernel`` walks the chunks doing only S <- S M + E and stores
+    each chunk's start state S_c [N, N] fp32; ``wkv7_chunk_out_kernel`` (grid
+    (chunks, B*H), fully parallel) computes Y = (rG + A_rb P) S_c^T + A_rb U + A_rk V.
+    The serial path loses the Y product and its loads; scratch grows by NC*N*N fp32
+    per (batch, head) for the states.
+
 Imports triton: only import this module on a machine that has it.
 """
 from __future__ import annotations
@@ -54,15 +72,56 @@ from .triton_recurrent import check_layout
 _DECAY_SCALE = tl.constexpr(0.6065306597126334)  # exp(-0.5), as reference.DECAY_SCALE
 
 CHUNK = 32
+INVERSES = ("loop", "doubling")
+OUTPUTS = ("scan", "parallel")
 # read once: the interpreter needs a while loop where compiled code wants a pipelined for
 _INTERP = os.environ.get("TRITON_INTERPRET") == "1"
+# T, NC and H are runtime values: specialising on them (==1, %16) would compile a kernel
+# per shape class (a sweep over shapes then spends minutes compiling) for no gain, since
+# N (constexpr) already gives every address its alignment.
+_NO_SPEC = ["T", "NC", "H"]
 
 
 @triton.jit
+def _decay_cumsum(w_ptr, offs, lmask):
+    """Per-channel log decay of the chunk's tokens: (ld, G inclusive cumsum, gC chunk total)."""
+    w = tl.load(w_ptr + offs, mask=lmask, other=0.0).to(tl.float32)
+    ld = tl.where(lmask, -_DECAY_SCALE * tl.sigmoid(w), 0.0)   # log decay, [C, N]
+    return ld, tl.cumsum(ld, axis=0), tl.sum(ld, axis=0)
+
+
+@triton.jit
+def _chunk_inverse(aG, bI, tt, C: tl.constexpr, LOG2C: tl.constexpr, DOUBLING: tl.constexpr,
+                   PREC: tl.constexpr):
+    """Tinv = (I - A_ab)^{-1} [C, C] fp32, A_ab = tril(aG bI^T, -1); aG, bI [C, N] fp32."""
+    Tinv = tl.where(tt[:, None] == tt[None, :], 1.0, 0.0)
+    if DOUBLING:
+        L = tl.where(tt[:, None] > tt[None, :], tl.dot(aG, tl.trans(bI), input_precision=PREC), 0.0)
+        for lvl in tl.static_range(LOG2C):
+            # T_2s = T_s + T_s Lo T_s, Lo = the (2s-block, different s-block) entries of L
+            lo = ((tt[:, None] >> (lvl + 1)) == (tt[None, :] >> (lvl + 1))) & \
+                 ((tt[:, None] >> lvl) != (tt[None, :] >> lvl))
+            Lo = tl.where(lo, L, 0.0)
+            Tinv = tl.dot(tl.dot(Tinv, Lo, input_precision=PREC), Tinv, acc=Tinv,
+                          input_precision=PREC)
+    else:
+        # A_ab kept transposed: its row i is then a column, reduced along axis 1, which lands
+        # in the layout the broadcast below wants (no layout conversion per step)
+        A_abT = tl.where(tt[:, None] < tt[None, :],
+                         tl.dot(bI, tl.trans(aG), input_precision=PREC), 0.0)
+        # Tinv = I + A_ab Tinv, row by row (row i only needs rows j < i, already final).
+        for i in range(1, C):
+            l_row = tl.sum(tl.where(tt[None, :] == i, A_abT, 0.0), axis=1)  # A_ab[i, j] over j
+            new = tl.sum(l_row[:, None] * Tinv, axis=0)                      # (A_ab Tinv)[i, :]
+            Tinv = tl.where(tt[:, None] == i, Tinv + new[None, :], Tinv)
+    return Tinv
+
+
+@triton.jit(do_not_specialize=_NO_SPEC)
 def wkv7_chunk_prep_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr,
-                           q_ptr, yc_ptr, m_ptr, e_ptr, T, NC,
-                           H: tl.constexpr, N: tl.constexpr, C: tl.constexpr,
-                           PREC: tl.constexpr):
+                           q_ptr, yc_ptr, m_ptr, e_ptr, T, NC, H,
+                           N: tl.constexpr, C: tl.constexpr, LOG2C: tl.constexpr,
+                           DOUBLING: tl.constexpr, PREC: tl.constexpr):
     """Grid (NC, B*H). Inputs [B, T, H, N]; writes Q, Yc [B*H, NC, C, N], M, E [B*H, NC, N, N] fp32."""
     pid_c = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
@@ -76,11 +135,8 @@ def wkv7_chunk_prep_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr,
     lmask = live[:, None]
 
     # The phases below reload inputs (L2 hits) instead of keeping them live across the
-    # forward substitution: register pressure, not memory traffic, limits this kernel.
-    w = tl.load(w_ptr + offs, mask=lmask, other=0.0).to(tl.float32)
-    ld = tl.where(lmask, -_DECAY_SCALE * tl.sigmoid(w), 0.0)   # log decay, [C, N]
-    G = tl.cumsum(ld, axis=0)                  # inclusive
-    gC = tl.sum(ld, axis=0)                    # whole-chunk log decay, [N]
+    # inverse: register pressure, not memory traffic, limits this kernel.
+    ld, G, gC = _decay_cumsum(w_ptr, offs, lmask)
     eGm = tl.exp(G - ld)                       # e^{G_{t-1}}
     enG = tl.exp(-G)
     strict = tt[:, None] > tt[None, :]
@@ -88,17 +144,7 @@ def wkv7_chunk_prep_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr,
 
     a = tl.load(a_ptr + offs, mask=lmask, other=0.0).to(tl.float32)
     bb = tl.load(b_ptr + offs, mask=lmask, other=0.0).to(tl.float32)
-    # A_ab kept transposed: its row i is then a column, reduced along axis 1, which lands
-    # in the layout the broadcast below wants (no layout conversion per step)
-    A_abT = tl.where(tt[:, None] < tt[None, :],
-                     tl.dot(bb * enG, tl.trans(a * eGm), input_precision=PREC), 0.0)
-
-    # Tinv = I + A_ab Tinv, row by row (row i only needs rows j < i, already final).
-    Tinv = tl.where(tt[:, None] == tt[None, :], 1.0, 0.0)
-    for i in range(1, C):
-        l_row = tl.sum(tl.where(tt[None, :] == i, A_abT, 0.0), axis=1)  # A_ab[i, j] over j
-        new = tl.sum(l_row[:, None] * Tinv, axis=0)                      # (A_ab Tinv)[i, :]
-        Tinv = tl.where(tt[:, None] == i, Tinv + new[None, :], Tinv)
+    Tinv = _chunk_inverse(a * eGm, bb * enG, tt, C, LOG2C, DOUBLING, PREC)
 
     aG = tl.load(a_ptr + offs, mask=lmask, other=0.0).to(tl.float32) * eGm
     kI = tl.load(k_ptr + offs, mask=lmask, other=0.0).to(tl.float32) * enG
@@ -132,7 +178,7 @@ def wkv7_chunk_prep_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr,
 
 @triton.jit
 def _scan_step(c, S, pid_bh, b_idx, h_idx, tt, nn, rows, q_ptr, yc_ptr, m_ptr, e_ptr, y_ptr,
-               T, NC, H: tl.constexpr, N: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr):
+               T, NC, H, N: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr):
     """Chunk c: stores Y_c = Yc_c + Q_c S_c^T for these value rows; returns S_{c+1} = S_c M_c + E_c."""
     base_cn = (pid_bh * NC + c) * C * N
     Q = tl.load(q_ptr + base_cn + tt[:, None] * N + nn[None, :])       # [C, K]
@@ -148,9 +194,9 @@ def _scan_step(c, S, pid_bh, b_idx, h_idx, tt, nn, rows, q_ptr, yc_ptr, m_ptr, e
     return tl.dot(S, M, acc=E, input_precision=PREC)
 
 
-@triton.jit
-def wkv7_chunk_scan_kernel(q_ptr, yc_ptr, m_ptr, e_ptr, s_ptr, y_ptr, T, NC,
-                           H: tl.constexpr, N: tl.constexpr, C: tl.constexpr,
+@triton.jit(do_not_specialize=_NO_SPEC)
+def wkv7_chunk_scan_kernel(q_ptr, yc_ptr, m_ptr, e_ptr, s_ptr, y_ptr, T, NC, H,
+                           N: tl.constexpr, C: tl.constexpr,
                            BLOCK_V: tl.constexpr, PREC: tl.constexpr,
                            INTERP: tl.constexpr, STAGES: tl.constexpr):
     """Grid (N // BLOCK_V, B*H). Reads the prep scratch; writes y [B, T, H, N]; state in place."""
@@ -179,11 +225,121 @@ def wkv7_chunk_scan_kernel(q_ptr, yc_ptr, m_ptr, e_ptr, s_ptr, y_ptr, T, NC,
     tl.store(s_ptrs, S)
 
 
+# ---- output="parallel": prep without the r side, a states-only scan, a parallel output kernel
+
+
+@triton.jit(do_not_specialize=_NO_SPEC)
+def wkv7_chunk_wu_kernel(w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, p_ptr, u_ptr, m_ptr, e_ptr, T, NC, H,
+                         N: tl.constexpr, C: tl.constexpr, LOG2C: tl.constexpr,
+                         DOUBLING: tl.constexpr, PREC: tl.constexpr):
+    """Grid (NC, B*H). Inputs [B, T, H, N]; writes P, U [B*H, NC, C, N], M, E [B*H, NC, N, N] fp32."""
+    pid_c = tl.program_id(0)
+    pid_bh = tl.program_id(1).to(tl.int64)
+    b_idx = pid_bh // H
+    h_idx = pid_bh % H
+    tt = tl.arange(0, C)
+    nn = tl.arange(0, N)
+    tok = pid_c * C + tt
+    offs = ((b_idx * T + tok[:, None]) * H + h_idx) * N + nn[None, :]
+    lmask = (tok < T)[:, None]
+
+    ld, G, gC = _decay_cumsum(w_ptr, offs, lmask)
+    eGm = tl.exp(G - ld)
+    enG = tl.exp(-G)
+    aG = tl.load(a_ptr + offs, mask=lmask, other=0.0).to(tl.float32) * eGm
+    Tinv = _chunk_inverse(aG, tl.load(b_ptr + offs, mask=lmask, other=0.0).to(tl.float32) * enG,
+                          tt, C, LOG2C, DOUBLING, PREC)
+    kI = tl.load(k_ptr + offs, mask=lmask, other=0.0).to(tl.float32) * enG
+    v = tl.load(v_ptr + offs, mask=lmask, other=0.0).to(tl.float32)
+    A_ak = tl.where(tt[:, None] > tt[None, :], tl.dot(aG, tl.trans(kI), input_precision=PREC), 0.0)
+    P = tl.dot(Tinv, aG, input_precision=PREC)                                      # [C, K]
+    U = tl.dot(Tinv, tl.dot(A_ak, v, input_precision=PREC), input_precision=PREC)  # [C, V]
+    base_cn = (pid_bh * NC + pid_c) * C * N
+    cn = tt[:, None] * N + nn[None, :]
+    tl.store(p_ptr + base_cn + cn, P)
+    tl.store(u_ptr + base_cn + cn, U)
+
+    dte = tl.exp(gC[None, :] - G)              # e^{G_C - G_j} <= 1
+    bT = tl.load(b_ptr + offs, mask=lmask, other=0.0).to(tl.float32) * dte
+    kT = tl.load(k_ptr + offs, mask=lmask, other=0.0).to(tl.float32) * dte
+    diag = tl.where(nn[:, None] == nn[None, :], tl.exp(gC)[None, :], 0.0)
+    base_nn = (pid_bh * NC + pid_c) * N * N
+    nk = nn[:, None] * N + nn[None, :]
+    tl.store(m_ptr + base_nn + nk, tl.dot(tl.trans(P), bT, acc=diag, input_precision=PREC))
+    E = tl.dot(tl.trans(v), kT, acc=tl.dot(tl.trans(U), bT, input_precision=PREC),
+               input_precision=PREC)
+    tl.store(e_ptr + base_nn + nk, E)
+
+
+@triton.jit(do_not_specialize=_NO_SPEC)
+def wkv7_chunk_states_kernel(m_ptr, e_ptr, s_ptr, st_ptr, NC, H, N: tl.constexpr,
+                             BLOCK_V: tl.constexpr, PREC: tl.constexpr,
+                             INTERP: tl.constexpr, STAGES: tl.constexpr):
+    """Grid (N // BLOCK_V, B*H). Stores chunk-start states St [B*H, NC, N, N] fp32 (rows of this
+    program); S_{c+1} = S_c M_c + E_c; the final state is written to s_ptr in place."""
+    pid_v = tl.program_id(0)
+    pid_bh = tl.program_id(1).to(tl.int64)
+    nn = tl.arange(0, N)
+    rows = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    rk = rows[:, None] * N + nn[None, :]
+    s_ptrs = s_ptr + pid_bh * N * N + rk
+    S = tl.load(s_ptrs)                              # [BLOCK_V, K] fp32
+    if INTERP:
+        c = 0
+        while c < NC:
+            base_nn = (pid_bh * NC + c) * N * N
+            tl.store(st_ptr + base_nn + rk, S)
+            S = tl.dot(S, tl.load(m_ptr + base_nn + nn[:, None] * N + nn[None, :]),
+                       acc=tl.load(e_ptr + base_nn + rk), input_precision=PREC)
+            c += 1
+    else:
+        for c in tl.range(0, NC, num_stages=STAGES):
+            base_nn = (pid_bh * NC + c) * N * N
+            tl.store(st_ptr + base_nn + rk, S)
+            S = tl.dot(S, tl.load(m_ptr + base_nn + nn[:, None] * N + nn[None, :]),
+                       acc=tl.load(e_ptr + base_nn + rk), input_precision=PREC)
+    tl.store(s_ptrs, S)
+
+
+@triton.jit(do_not_specialize=_NO_SPEC)
+def wkv7_chunk_out_kernel(r_ptr, w_ptr, k_ptr, v_ptr, b_ptr, p_ptr, u_ptr, st_ptr, y_ptr, T, NC, H,
+                          N: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr):
+    """Grid (NC, B*H). Y = (rG + A_rb P) S_c^T + A_rb U + A_rk V -> y [B, T, H, N] (r's dtype)."""
+    pid_c = tl.program_id(0)
+    pid_bh = tl.program_id(1).to(tl.int64)
+    b_idx = pid_bh // H
+    h_idx = pid_bh % H
+    tt = tl.arange(0, C)
+    nn = tl.arange(0, N)
+    tok = pid_c * C + tt
+    offs = ((b_idx * T + tok[:, None]) * H + h_idx) * N + nn[None, :]
+    lmask = (tok < T)[:, None]
+
+    ld, G, gC = _decay_cumsum(w_ptr, offs, lmask)
+    enG = tl.exp(-G)
+    lower = tt[:, None] >= tt[None, :]
+    rG = tl.load(r_ptr + offs, mask=lmask, other=0.0).to(tl.float32) * tl.exp(G)
+    bI = tl.load(b_ptr + offs, mask=lmask, other=0.0).to(tl.float32) * enG
+    kI = tl.load(k_ptr + offs, mask=lmask, other=0.0).to(tl.float32) * enG
+    A_rb = tl.where(lower, tl.dot(rG, tl.trans(bI), input_precision=PREC), 0.0)
+    A_rk = tl.where(lower, tl.dot(rG, tl.trans(kI), input_precision=PREC), 0.0)
+    base_cn = (pid_bh * NC + pid_c) * C * N
+    cn = tt[:, None] * N + nn[None, :]
+    Q = tl.dot(A_rb, tl.load(p_ptr + base_cn + cn), acc=rG, input_precision=PREC)   # [C, K]
+    v = tl.load(v_ptr + offs, mask=lmask, other=0.0).to(tl.float32)
+    Yc = tl.dot(A_rk, v, acc=tl.dot(A_rb, tl.load(u_ptr + base_cn + cn), input_precision=PREC),
+                input_precision=PREC)                                                # [C, V]
+    S = tl.load(st_ptr + (pid_bh * NC + pid_c) * N * N + nn[:, None] * N + nn[None, :])  # [V, K]
+    Y = tl.dot(Q, tl.trans(S), acc=Yc, input_precision=PREC)
+    tl.store(y_ptr + offs, Y.to(y_ptr.dtype.element_ty), mask=lmask)
+
+
 def wkv7_chunk_triton(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                       a: torch.Tensor, b: torch.Tensor, state: torch.Tensor, *,
                       chunk_size: int = CHUNK, block_v: int | None = None,
                       precision: str | None = None, prep_warps: int = 8,
-                      scan_warps: int = 4, scan_stages: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+                      scan_warps: int = 4, scan_stages: int = 2, inverse: str = "loop",
+                      output: str = "scan") -> tuple[torch.Tensor, torch.Tensor]:
     """Chunkwise WKV7 on the GPU (or the Triton interpreter).
 
     r, w, k, v, a, b : [B, T, H, N] contiguous, same dtype (fp32 / fp16 / bf16); w raw logit.
@@ -192,11 +348,18 @@ def wkv7_chunk_triton(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torc
     chunk_size       : 16, 32 or 64 tokens per chunk (64 is the fp32 range limit of e^{-G}).
     block_v          : state rows per scan program (power of 2, 16..N; default 16).
     precision        : tl.dot input_precision; default "tf32x3" for fp32 inputs, else "tf32".
+    prep_warps       : warps of the prep kernel (and of the output kernel, output="parallel").
+    inverse          : "loop" (C-step forward substitution) or "doubling" (tensor-core
+                       block doubling); see the module docstring.
+    output           : "scan" (Y inside the scan, two kernels) or "parallel" (states-only
+                       scan, then a parallel output kernel: three kernels).
     Returns y [B, T, H, N] in r's dtype and ``state``. Allocates fp32 scratch of
-    2*B*H*(T_pad*N + NC*N*N) values; no host syncs (CUDA-graph capturable for fixed T).
+    2*B*H*(T_pad*N + NC*N*N) values (plus B*H*NC*N*N for output="parallel"); no host
+    syncs (CUDA-graph capturable for fixed T).
     """
     B, T, H, N = r.shape
     assert chunk_size in (16, 32, 64), "chunk_size must be 16, 32 or 64"
+    assert inverse in INVERSES and output in OUTPUTS, (inverse, output)
     check_layout(r, w, k, v, a, b, state)
     y = torch.empty_like(r)
     if T == 0 or B == 0:
@@ -207,13 +370,24 @@ def wkv7_chunk_triton(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torc
     bv = block_v or 16
     assert N % bv == 0 and bv >= 16
     dev = r.device
-    q = torch.empty((B * H, NC, C, N), dtype=torch.float32, device=dev)
-    yc = torch.empty_like(q)
+    q = torch.empty((B * H, NC, C, N), dtype=torch.float32, device=dev)   # Q or P
+    yc = torch.empty_like(q)                                               # Yc or U
     m = torch.empty((B * H, NC, N, N), dtype=torch.float32, device=dev)
     e = torch.empty_like(m)
-    wkv7_chunk_prep_kernel[(NC, B * H)](r, w, k, v, a, b, q, yc, m, e, T, NC, H=H, N=N, C=C,
-                                         PREC=prec, num_warps=prep_warps)
-    wkv7_chunk_scan_kernel[(N // bv, B * H)](q, yc, m, e, state, y, T, NC, H=H, N=N, C=C,
-                                              BLOCK_V=bv, PREC=prec, INTERP=_INTERP,
-                                              STAGES=scan_stages, num_warps=scan_warps)
+    meta = dict(N=N, C=C, LOG2C=C.bit_length() - 1, DOUBLING=inverse == "doubling", PREC=prec)
+    if output == "scan":
+        wkv7_chunk_prep_kernel[(NC, B * H)](r, w, k, v, a, b, q, yc, m, e, T, NC, H, **meta,
+                                             num_warps=prep_warps)
+        wkv7_chunk_scan_kernel[(N // bv, B * H)](q, yc, m, e, state, y, T, NC, H, N=N, C=C,
+                                                  BLOCK_V=bv, PREC=prec, INTERP=_INTERP,
+                                                  STAGES=scan_stages, num_warps=scan_warps)
+        return y, state
+    st = torch.empty_like(m)
+    wkv7_chunk_wu_kernel[(NC, B * H)](w, k, v, a, b, q, yc, m, e, T, NC, H, **meta,
+                                       num_warps=prep_warps)
+    wkv7_chunk_states_kernel[(N // bv, B * H)](m, e, state, st, NC, H, N=N, BLOCK_V=bv,
+                                                PREC=prec, INTERP=_INTERP, STAGES=scan_stages,
+                                                num_warps=scan_warps)
+    wkv7_chunk_out_kernel[(NC, B * H)](r, w, k, v, b, q, yc, st, y, T, NC, H, N=N, C=C,
+                                        PREC=prec, num_warps=prep_warps)
     return y, state
