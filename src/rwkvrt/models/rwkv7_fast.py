@@ -28,11 +28,13 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import StateError
+from ..ops import decode as decode_ops
 from ..ops import ffn as ffn_ops
 from ..ops import norm as norm_ops
 from ..ops import timemix as timemix_ops
 from ..ops import token_shift as shift_ops
 from ..ops import wkv7 as wkv7_ops
+from ..ops.decode import ACT_RELU2, ACT_SIGMOID, ACT_TANH, RowGroups
 from .config import RWKV7Config
 
 LN_EPS = 1e-5
@@ -51,8 +53,10 @@ def _resolve_ops(dev: str, backend: str):
         wkv = wkv7_ops.resolve(dev, backend)
     except ImportError:
         wkv = wkv7_ops.wkv7_reference
+    gemv, tmix_lora = decode_ops.resolve(dev, ew)
     return SimpleNamespace(core=timemix_ops.resolve(dev, ew), shift=shift_ops.resolve(dev, ew),
-                           norm=norm_ops.resolve(dev, ew), relu_sq=ffn_ops.resolve(dev, ew), wkv_long=wkv)
+                           norm=norm_ops.resolve(dev, ew), relu_sq=ffn_ops.resolve(dev, ew), wkv_long=wkv,
+                           gemv=gemv, tmix_lora=tmix_lora)
 
 
 def _reference_core(core, r, w, k, v, a, g, pool, *, slots, k_k, k_a, r_k, ln_w, ln_b, wkv,
@@ -83,18 +87,27 @@ class RWKV7Fast:
         gate rows of the LoRA hidden instead of tanh_ + sigmoid_. Equal up to rounding; off by
         default until measured (saves one launch per layer; adds ~1 ulp of absolute error
         near h = 0 in the decay LoRA).
+    decode_fused: run single-token steps of up to ``decode_max_batch`` sequences through the
+        decode ops (``rwkvrt.ops.decode``: 7 launches per layer, Triton GEMVs with fused
+        activations, LoRA-up inside the time-mix kernel). None = on when the backend is triton.
+        Needs fold_lora_act off.
     """
 
     SHORT_T = 4  # reference core: the fp32 loop up to this T, the chunked wkv above
 
     def __init__(self, cfg: RWKV7Config, sd: dict[str, torch.Tensor], *, device="cpu",
                  dtype: torch.dtype = torch.float16, backend: str = "auto", rkv_bmm: bool = True,
-                 prefill_chunk: int = 2048, fold_lora_act: bool = False):
+                 prefill_chunk: int = 2048, fold_lora_act: bool = False,
+                 decode_fused: bool | None = None, decode_max_batch: int = 1):
         self.cfg, self.device, self.dtype = cfg, torch.device(device), dtype
         self.backend, self.rkv_bmm, self.prefill_chunk = backend, rkv_bmm, int(prefill_chunk)
         self.fold_lora_act = fold_lora_act
         self.ops = _resolve_ops(self.device.type, backend)
         self._fused_core = self.ops.core is not timemix_ops.tmix_core_reference
+        if decode_fused is None:
+            decode_fused = self.ops.gemv is not decode_ops.grouped_gemv_reference and not fold_lora_act
+        assert not (decode_fused and fold_lora_act), "decode_fused needs fold_lora_act off"
+        self.decode_fused, self.decode_max_batch = bool(decode_fused), int(decode_max_batch)
         C = cfg.n_embd
         with torch.no_grad():
             f32 = lambda n: sd[n].to(self.device, torch.float32)  # noqa: E731
@@ -103,6 +116,7 @@ class RWKV7Fast:
                                     f32("blocks.0.ln0.bias"), LN_EPS).to(dtype).contiguous()
             self.ln_out = (f32("ln_out.weight"), f32("ln_out.bias"))
             self.head = sd["head.weight"].to(self.device, dtype).contiguous()
+            self.head_groups = RowGroups.single(self.head.shape[0])
             self._head_fp32 = self._mm_out_fp32_works()
             self.layers = [self._load_layer(sd, i) for i in range(cfg.n_layer)]
 
@@ -135,13 +149,16 @@ class RWKV7Fast:
         p.r_k = take(att + "r_k", torch.float32).reshape(cfg.n_head, cfg.head_size).contiguous()
         p.ln_x = (take(att + "ln_x.weight", torch.float32), take(att + "ln_x.bias", torch.float32))
         mats = [take(att + n + ".weight") for n in ("receptance", "key", "value")]
-        if self.rkv_bmm:
-            p.Wrkv = torch.stack(mats).contiguous()  # [3, C(out), C(in)]
-        else:
-            p.Wrkv = [m.contiguous() for m in mats]
         names = [n for n in LORA_ORDER if n != "v" or p.has_v]
         downs = [take(att + n + "1") for n in names]  # [C, D_n]
         ups = [take(att + n + "2") for n in names]    # [D_n, C]
+        if self.decode_fused:
+            self._load_decode(p, mats, names, downs)
+        if self.rkv_bmm:
+            # a view of W_in's first 3C rows when the decode path stacked them (no second copy)
+            p.Wrkv = p.W_in[:3 * C].view(3, C, C) if self.decode_fused else torch.stack(mats).contiguous()
+        else:
+            p.Wrkv = [m.contiguous() for m in mats]
         D = max(d.shape[1] for d in downs)
         p.down = torch.zeros(len(names), D, C, device=dev, dtype=dt)  # [n, Dmax(out), C(in)]
         p.up = torch.zeros(len(names), C, D, device=dev, dtype=dt)    # [n, C(out), Dmax(in)]
@@ -155,10 +172,29 @@ class RWKV7Fast:
             p.down[j] *= 2
             p.up[j] *= 2
         p.lora_in = 2 if p.has_v else 3  # first xs row feeding the LoRA-down product
+        if self.decode_fused:
+            p.up_views = {n: p.up[j, :, :downs[j].shape[1]] for j, n in enumerate(names)}
         p.Wo = take(att + "output.weight").contiguous()
         p.ffn_key = take(ffn + "key.weight").contiguous()
         p.ffn_value = take(ffn + "value.weight").contiguous()
         return p
+
+    def _load_decode(self, p, mats, names, downs) -> None:
+        """The decode path's stacked input weight: W_in = [Wr; Wk; Wv; the LoRA downs (transposed)],
+        [3C + sum D, C], one grouped GEMV with each group on its lerp row and activation."""
+        C = self.cfg.n_embd
+        xrow = {n: 2 + MIX_ORDER[2:].index("x_" + n) for n in LORA_ORDER}
+        act = {"w": ACT_TANH, "g": ACT_SIGMOID}
+        p.W_in = torch.cat(mats + [d.t() for d in downs]).contiguous()
+        sizes = [C, C, C] + [d.shape[1] for d in downs]
+        p.in_groups = RowGroups(tuple(sizes), (0, 1, 2) + tuple(xrow[n] for n in names),
+                                (0, 0, 0) + tuple(act.get(n, 0) for n in names))
+        off, p.lora_cols = 3 * C, {}
+        for n, d in zip(names, downs):
+            p.lora_cols[n] = (off, d.shape[1])
+            off += d.shape[1]
+        p.o_groups = RowGroups.single(C)
+        p.key_groups = RowGroups.single(self.cfg.d_ffn, ACT_RELU2)
 
     def forward(self, tokens: torch.Tensor, state, *, full_output: bool = False,
                 slots: torch.Tensor | None = None) -> torch.Tensor:
@@ -191,6 +227,8 @@ class RWKV7Fast:
 
     def _forward(self, tokens, state, slots, full_output: bool) -> torch.Tensor:
         B, T = tokens.shape
+        if T == 1 and self.decode_fused and B <= self.decode_max_batch:
+            return self._decode(tokens, state, slots)
         C = self.cfg.n_embd
         x = self.emb[tokens]  # [B, T, C] activation dtype
         # fp32 residual stream; layer 0 adds the embedding to zeros, which is exact
@@ -215,6 +253,33 @@ class RWKV7Fast:
         else:
             out = F.linear(xn, self.head)
         return out if full_output else out[:, 0]
+
+    def _decode(self, tokens, state, slots) -> torch.Tensor:
+        """One token per sequence through the decode ops (7 launches per layer). Returns [B, V]."""
+        B = tokens.shape[0]
+        C = self.cfg.n_embd
+        dev, dt = self.device, self.dtype
+        gemv, new = self.ops.gemv, lambda n: torch.empty(B, n, device=dev, dtype=dt)  # noqa: E731
+        x = self.emb[tokens]  # [B, 1, C]
+        res = torch.zeros(B, 1, C, device=dev, dtype=torch.float32)
+        v_first = None
+        for i, p in enumerate(self.layers):
+            xs, res = self.ops.shift.add_ln_lerp(x, res, p.ln1[0], p.ln1[1], state.att_x[i], p.mix6,
+                                                 eps=LN_EPS, slots=slots)
+            rkvh = gemv(xs.view(6, B, C), p.W_in, p.in_groups, new(p.W_in.shape[0]))
+            if i == 0:
+                v_first = rkvh[:, 2 * C:3 * C]
+            out = self.ops.tmix_lora(rkvh, state.wkv[i], slots, lora=p.lora_cols, up=p.up_views, w0=p.w0, a0=p.a0,
+                                     v0=p.v0, v_first=v_first if i else None, k_k=p.k_k, k_a=p.k_a, r_k=p.r_k,
+                                     ln_w=p.ln_x[0], ln_b=p.ln_x[1])
+            att = gemv(out.view(1, B, C), p.Wo, p.o_groups, new(C))
+            xk, res = self.ops.shift.add_ln_lerp(att.view(B, 1, C), res, p.ln2[0], p.ln2[1], state.ffn_x[i],
+                                                 p.ffn_mix, eps=LN_EPS, slots=slots)
+            h = gemv(xk.view(1, B, C), p.ffn_key, p.key_groups, new(p.ffn_key.shape[0]))
+            x = gemv(h.view(1, B, -1), p.ffn_value, p.o_groups, new(C)).view(B, 1, C)
+        xn, _ = self.ops.norm.add_layer_norm(x, res, self.ln_out[0], self.ln_out[1], LN_EPS)
+        logits = torch.empty(B, self.head.shape[0], device=dev, dtype=torch.float32 if self._head_fp32 else dt)
+        return gemv(xn.view(1, B, C), self.head, self.head_groups, logits)
 
     def _mm_out_fp32_works(self) -> bool:
         """torch.mm(..., out_dtype=float32) for half inputs exists on CUDA in recent torch builds."""

@@ -1,0 +1,50 @@
+"""Decode-step (T = 1) layer ops: few, wide launches for the batch-1..few regime.
+
+At batch 1 a layer's cost is its weight bytes plus, per launch, a few microseconds of
+latency that no bandwidth hides. These ops cut a layer to seven launches
+(add_ln_lerp, ``grouped_gemv`` for r/k/v and the four LoRA down-projections with their
+activations, ``tmix_lora_step``, Wo, add_ln_lerp, ffn key with relu^2, ffn value).
+
+    out = grouped_gemv(xs, W, groups, out)
+
+    xs     : [G, M, K] activation dtype, unit stride along K (other strides free), not mutated:
+             G input rows per batch row (e.g. the six token-shift lerps), M batch rows
+    W      : [N, K] contiguous ([out, in], ``F.linear`` layout), the row groups stacked
+    groups : ``RowGroups``: consecutive row ranges of W, each with the xs row it multiplies and
+             an activation applied in fp32 before the single rounding (ACT_NONE, ACT_RELU2,
+             ACT_TANH, ACT_SIGMOID)
+    out    : [M, N] (any float dtype; e.g. fp32 for logits) WRITTEN and returned:
+             out[m, rows of group i] = act_i(xs[xrow_i, m] @ W[rows of group i].T)
+
+    out = tmix_lora_step(rkvh, state, slots, *, lora, up, w0, a0, v0, v_first, k_k, k_a, r_k, ln_w, ln_b)
+
+    rkvh   : [B, 3C + sum(D)] activation dtype, grouped_gemv's output: r | k | v | the LoRA
+             hidden rows (already activated), not mutated
+    state  : [S, H, N, N] fp32 pool, rows ``slots`` ([B] int64) UPDATED IN PLACE
+    lora   : {name: (column offset in rkvh, D)} for "w", "a", "g" and (layers > 0) "v"
+    up     : {name: [C, D] up-projection in [out, in] layout (unit stride along D)}
+    v_first: [B, C] (layers > 0; None in layer 0, which has no value residual)
+    out    : [B, C] activation dtype (new tensor) = the time-mix core (``rwkvrt.ops.timemix``)
+             with w = w0 + hw @ up_w.T, a = sigmoid(a0 + ha @ up_a.T), g = hg @ up_g.T,
+             v = v + (v_first - v) * sigmoid(v0 + hv @ up_v.T)
+"""
+from __future__ import annotations
+
+from .reference import (ACT_NONE, ACT_RELU2, ACT_SIGMOID, ACT_TANH, RowGroups, grouped_gemv_reference,
+                        tmix_lora_step_reference)
+
+__all__ = ["ACT_NONE", "ACT_RELU2", "ACT_SIGMOID", "ACT_TANH", "RowGroups", "grouped_gemv_reference",
+           "tmix_lora_step_reference", "resolve"]
+
+
+def resolve(device: str, backend: str = "auto"):
+    """(grouped_gemv, tmix_lora_step) for ``device``; auto -> triton on cuda, reference elsewhere."""
+    from .._backend import choose
+
+    def triton():
+        from .triton_gemv import grouped_gemv_triton
+        from .triton_tmix_lora import tmix_lora_step_triton
+        return grouped_gemv_triton, tmix_lora_step_triton
+
+    return choose("the decode-step ops", device, backend, (grouped_gemv_reference, tmix_lora_step_reference),
+                  triton)

@@ -1,0 +1,103 @@
+"""Plain-torch decode-step ops: the spec the Triton kernels are tested against (see ``__init__``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..timemix.reference import tmix_core_reference
+
+ACT_NONE, ACT_RELU2, ACT_TANH, ACT_SIGMOID = 0, 1, 2, 3
+
+
+@dataclass
+class RowGroups:
+    """Consecutive row ranges of a stacked weight: sizes[i] rows use xs row xrows[i] and acts[i]."""
+
+    sizes: tuple[int, ...]
+    xrows: tuple[int, ...]
+    acts: tuple[int, ...]
+    _tables: dict = field(default_factory=dict, repr=False)  # (device, block_n) -> block tables
+
+    def __post_init__(self):
+        assert len(self.sizes) == len(self.xrows) == len(self.acts) and self.sizes
+        assert all(a in (ACT_NONE, ACT_RELU2, ACT_TANH, ACT_SIGMOID) for a in self.acts)
+
+    @classmethod
+    def single(cls, n: int, act: int = ACT_NONE) -> "RowGroups":
+        return cls((n,), (0,), (act,))
+
+    @property
+    def n_rows(self) -> int:
+        return sum(self.sizes)
+
+    def bounds(self):
+        start = 0
+        for size, xrow, act in zip(self.sizes, self.xrows, self.acts):
+            yield start, start + size, xrow, act
+            start += size
+
+    def tables(self, device: torch.device, block_n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """int32 [n_blocks] xs row and activation of each block of ``block_n`` rows (cached), or None
+        when a group size is not a multiple of block_n (a block would straddle two groups)."""
+        key = (str(device), block_n)
+        if key not in self._tables:
+            if len(self.sizes) > 1 and any(s % block_n for s in self.sizes[:-1]):
+                self._tables[key] = None
+            else:
+                xr, ac = [], []
+                for s, x, a in zip(self.sizes, self.xrows, self.acts):
+                    nb = -(-s // block_n)
+                    xr += [x] * nb
+                    ac += [a] * nb
+                self._tables[key] = (torch.tensor(xr, dtype=torch.int32, device=device),
+                                     torch.tensor(ac, dtype=torch.int32, device=device))
+        return self._tables[key]
+
+
+def apply_act(y: torch.Tensor, act: int) -> torch.Tensor:
+    if act == ACT_RELU2:
+        return torch.relu(y) ** 2
+    if act == ACT_TANH:
+        return torch.tanh(y)
+    if act == ACT_SIGMOID:
+        return torch.sigmoid(y)
+    return y
+
+
+def grouped_gemv_reference(xs: torch.Tensor, W: torch.Tensor, groups: RowGroups, out: torch.Tensor) -> torch.Tensor:
+    """See ``rwkvrt.ops.decode``. Products in fp32 (the kernels accumulate in fp32 too)."""
+    assert W.shape[0] == groups.n_rows and xs.shape[-1] == W.shape[1]
+    for lo, hi, xrow, act in groups.bounds():
+        y = xs[xrow].float() @ W[lo:hi].float().t()
+        out[:, lo:hi] = apply_act(y, act).to(out.dtype)
+    return out
+
+
+def lora_up(rkvh: torch.Tensor, lora: dict, up: dict, name: str) -> torch.Tensor:
+    """hidden(name) @ up[name].T in fp32: [B, C]."""
+    off, d = lora[name]
+    return rkvh[:, off:off + d].float() @ up[name].float().t()
+
+
+def tmix_lora_step_reference(rkvh, state, slots, *, lora, up, w0, a0, v0, v_first, k_k, k_a, r_k, ln_w, ln_b):
+    """See ``rwkvrt.ops.decode``: the LoRA up-projections in fp32, then the reference time-mix core."""
+    H, N = r_k.shape
+    C = H * N
+    dt = rkvh.dtype
+    r, k, v = (rkvh[:, i * C:(i + 1) * C].float() for i in range(3))
+    w = w0 + lora_up(rkvh, lora, up, "w")
+    a = torch.sigmoid(a0 + lora_up(rkvh, lora, up, "a"))
+    g = lora_up(rkvh, lora, up, "g")
+    if v_first is not None:
+        v = v + (v_first.float() - v) * torch.sigmoid(v0 + lora_up(rkvh, lora, up, "v"))
+    s_in = state.index_select(0, slots)
+    one = lambda t: t.unsqueeze(1)  # noqa: E731  [B, C] -> [B, 1, C]
+    out, s_out = tmix_core_reference(one(r), one(w), one(k), one(v), one(a), one(g), s_in,
+                                     k_k=k_k, k_a=k_a, r_k=r_k, ln_w=ln_w, ln_b=ln_b)
+    state.index_copy_(0, slots, s_out)
+    return out[:, 0].to(dt)
+
+
+__all__ = ["ACT_NONE", "ACT_RELU2", "ACT_TANH", "ACT_SIGMOID", "RowGroups", "apply_act",
+           "grouped_gemv_reference", "tmix_lora_step_reference"]

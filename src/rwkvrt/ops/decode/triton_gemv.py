@@ -1,0 +1,108 @@
+"""Grouped matrix-vector products for decode in Triton (see ``rwkvrt.ops.decode``).
+
+One program owns BLOCK_N consecutive rows of W (all of K) and every batch row: it streams
+its [BLOCK_N, K] slab of W once, in [BLOCK_N, BLOCK_K] tiles, and multiplies each tile with
+the M (<= MAX_M) input vectors, accumulating [M, BLOCK_N, BLOCK_K] partial products in fp32
+and reducing once at the end. Rows are never split across programs (no split-K), so the
+result is deterministic and no output zeroing or second pass is needed; parallelism comes
+from small BLOCK_N instead (``pick_blocks`` keeps >= ~2 programs per SM).
+
+Groups: a block of rows belongs to one group (its xs row and activation come from two
+int32 tables indexed by program id), so r/k/v and the LoRA down-projections, each on its
+own token-shift lerp, are one launch and the tanh / sigmoid of the LoRA hidden rows (or the
+relu^2 of the FFN key) cost nothing extra. Activations are applied in fp32, then rounded
+once to the output dtype.
+
+Imports triton: only import this module on a machine that has it.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .reference import RowGroups
+
+MAX_M = 8  # batch rows per launch; above this a GEMM (cuBLAS) wins anyway
+# Default tile: BLOCK_K elements of a row per step (16-byte loads, a few in flight per
+# thread), BLOCK_N rows per program chosen by ``pick_blocks``. Tune on the device
+# (benchmarks/gemv_sweep.py) and set here.
+BLOCK_K = 512
+NUM_WARPS = 4
+STAGES = 2
+MIN_PROGRAMS = 264  # ~2 per SM on an H100 (132 SMs)
+
+
+@triton.jit
+def grouped_gemv_kernel(x_ptr, w_ptr, out_ptr, xrow_ptr, act_ptr, M, N, sxg, sxm, som,
+                        K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                        M_PAD: tl.constexpr, HAS_ACT: tl.constexpr, EVEN_N: tl.constexpr,
+                        STAGES: tl.constexpr):
+    """Grid (cdiv(N, BLOCK_N),). out[m, n] = act(sum_k xs[xrow, m, k] * W[n, k])."""
+    pid = tl.program_id(0)
+    n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    m = tl.arange(0, M_PAD)
+    kk = tl.arange(0, BLOCK_K)
+    xrow = tl.load(xrow_ptr + pid).to(tl.int64)
+    w_ptrs = w_ptr + n.to(tl.int64)[:, None] * K + kk[None, :]
+    x_ptrs = x_ptr + xrow * sxg + m[:, None] * sxm + kk[None, :]
+    mmask = (m < M)[:, None]
+    acc = tl.zeros([M_PAD, BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for _ in tl.range(0, K // BLOCK_K, num_stages=STAGES):
+        if EVEN_N:
+            w = tl.load(w_ptrs)
+        else:
+            w = tl.load(w_ptrs, mask=(n < N)[:, None], other=0.0)
+        x = tl.load(x_ptrs, mask=mmask, other=0.0)
+        acc += w.to(tl.float32)[None, :, :] * x.to(tl.float32)[:, None, :]
+        w_ptrs += BLOCK_K
+        x_ptrs += BLOCK_K
+    y = tl.sum(acc, axis=2)                                   # [M_PAD, BLOCK_N]
+    if HAS_ACT:
+        act = tl.load(act_ptr + pid)
+        pos = tl.maximum(y, 0.0)
+        sg = tl.sigmoid(y)
+        th = 2.0 * tl.sigmoid(2.0 * y) - 1.0
+        y = tl.where(act == 1, pos * pos, tl.where(act == 2, th, tl.where(act == 3, sg, y)))
+    o_ptrs = out_ptr + m[:, None] * som + n[None, :]
+    tl.store(o_ptrs, y.to(out_ptr.dtype.element_ty), mask=mmask & (n < N)[None, :])
+
+
+def pick_blocks(N: int, K: int, groups: RowGroups) -> tuple[int, int]:
+    """(block_n, block_k): the largest block_n in 32..4 that keeps >= MIN_PROGRAMS programs and
+    divides every group but the last; block_k the largest of BLOCK_K..64 dividing K."""
+    block_k = BLOCK_K
+    while K % block_k and block_k > 16:
+        block_k //= 2
+    for block_n in (32, 16, 8, 4):
+        if N // block_n >= MIN_PROGRAMS and all(s % block_n == 0 for s in groups.sizes[:-1]):
+            return block_n, block_k
+    for block_n in (4, 2, 1):
+        if all(s % block_n == 0 for s in groups.sizes[:-1]):
+            return block_n, block_k
+    raise AssertionError("unreachable: block_n 1 divides everything")
+
+
+def grouped_gemv_triton(xs: torch.Tensor, W: torch.Tensor, groups: RowGroups, out: torch.Tensor, *,
+                        block_n: int | None = None, block_k: int | None = None,
+                        num_warps: int | None = None, stages: int | None = None) -> torch.Tensor:
+    """See ``rwkvrt.ops.decode``. The keyword knobs override ``pick_blocks`` / the module defaults."""
+    G, M, K = xs.shape
+    N = W.shape[0]
+    assert W.shape == (N, K) and W.is_contiguous(), "W must be a contiguous [N, K]"
+    assert N == groups.n_rows and out.shape == (M, N) and out.stride(1) == 1
+    assert xs.stride(2) == 1, "xs needs unit stride along K"
+    assert 1 <= M <= MAX_M, f"grouped_gemv takes 1..{MAX_M} batch rows"
+    bn, bk = pick_blocks(N, K, groups)
+    bn, bk = block_n or bn, block_k or bk
+    assert K % bk == 0, "block_k must divide K"
+    tables = groups.tables(W.device, bn)
+    assert tables is not None, "block_n must divide every group's rows"
+    xrow, act = tables
+    grid = (triton.cdiv(N, bn),)
+    grouped_gemv_kernel[grid](xs, W, out, xrow, act, M, N, xs.stride(0), xs.stride(1), out.stride(0),
+                              K=K, BLOCK_N=bn, BLOCK_K=bk, M_PAD=triton.next_power_of_2(M),
+                              HAS_ACT=any(groups.acts), EVEN_N=N % bn == 0,
+                              STAGES=STAGES if stages is None else stages,
+                              num_warps=NUM_WARPS if num_warps is None else num_warps)
+    return out

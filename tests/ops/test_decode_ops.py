@@ -1,0 +1,116 @@
+"""Decode-step ops (grouped GEMV, time-mix core with fused LoRA-up) vs their plain references.
+
+Triton versions run on a GPU or under the Triton interpreter (kernel_device fixture)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TOL, rel_err
+
+from rwkvrt.ops.decode import (ACT_NONE, ACT_RELU2, ACT_SIGMOID, ACT_TANH, RowGroups, grouped_gemv_reference,
+                               tmix_lora_step_reference)
+
+
+def _gemv():
+    return pytest.importorskip("rwkvrt.ops.decode.triton_gemv").grouped_gemv_triton
+
+
+def _tmix():
+    return pytest.importorskip("rwkvrt.ops.decode.triton_tmix_lora").tmix_lora_step_triton
+
+
+def test_row_groups_tables_and_reference_acts():
+    g = RowGroups((64, 32, 40), (0, 2, 1), (ACT_NONE, ACT_TANH, ACT_SIGMOID))
+    xr, ac = g.tables(torch.device("cpu"), 16)
+    assert xr.tolist() == [0] * 4 + [2] * 2 + [1] * 3 and ac.tolist() == [0] * 4 + [2] * 2 + [3] * 3
+    assert g.tables(torch.device("cpu"), 64) is None  # 32 rows cannot be a whole 64-row block
+    gen = torch.Generator().manual_seed(0)
+    xs, W = torch.randn(3, 2, 48, generator=gen), torch.randn(136, 48, generator=gen)
+    out = grouped_gemv_reference(xs, W, g, torch.full((2, 136), float("nan")))
+    assert torch.allclose(out[:, :64], xs[0] @ W[:64].t(), atol=1e-5)
+    assert torch.allclose(out[:, 64:96], torch.tanh(xs[2] @ W[64:96].t()), atol=1e-5)
+    assert torch.allclose(out[:, 96:], torch.sigmoid(xs[1] @ W[96:].t()), atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("M", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("block_n", [None, 4, 16])
+def test_grouped_gemv_matches_reference(kernel_device, M, dtype, block_n):
+    gemv = _gemv()
+    gen = torch.Generator().manual_seed(M * 7 + (block_n or 0))
+    K = 128
+    g = RowGroups((64, 64, 32, 48), (0, 1, 3, 2), (ACT_NONE, ACT_RELU2, ACT_TANH, ACT_SIGMOID))
+    xs = torch.randn(4, M, K, generator=gen).to(kernel_device, dtype)
+    W = (torch.randn(g.n_rows, K, generator=gen) / K ** 0.5).to(kernel_device, dtype)
+    ref = grouped_gemv_reference(xs, W, g, torch.empty(M, g.n_rows, dtype=torch.float32, device=kernel_device))
+    out = gemv(xs, W, g, torch.full((M, g.n_rows), float("nan"), dtype=dtype, device=kernel_device),
+               block_n=block_n, block_k=64)
+    assert torch.isfinite(out).all()
+    assert rel_err(out, ref) < (1e-5 if dtype == torch.float32 else 5e-3)  # fp16: output rounding
+
+
+@pytest.mark.gpu
+def test_grouped_gemv_ragged_rows_strided_input_and_fp32_out(kernel_device):
+    """N not a multiple of block_n (a head with vocab 301), xs a strided view, fp32 output."""
+    gemv = _gemv()
+    gen = torch.Generator().manual_seed(3)
+    K, N = 64, 301
+    big = torch.randn(2, 5, 2 * K, generator=gen).to(kernel_device, torch.float16)
+    xs = big[:, :, :K].transpose(0, 1)[:1]  # [1, 2, K] with free strides
+    W = (torch.randn(N, K, generator=gen) / 8).to(kernel_device, torch.float16)
+    g = RowGroups.single(N)
+    out = gemv(xs, W, g, torch.full((2, N), float("nan"), device=kernel_device), block_n=8, block_k=32)
+    ref = grouped_gemv_reference(xs, W, g, torch.empty(2, N, device=kernel_device))
+    assert out.dtype == torch.float32 and rel_err(out, ref) < 1e-3
+
+
+def _lora_case(B, H, N, has_v, dtype, device, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    C = H * N
+    D = {"w": 32, "a": 32, "g": 64, "v": 32}
+    names = ["v", "a", "w", "g"] if has_v else ["a", "w", "g"]
+    lora, off = {}, 3 * C
+    for n in names:
+        lora[n] = (off, D[n])
+        off += D[n]
+    rkvh = torch.randn(B, off, generator=gen)
+    for n in ("w", "g"):  # activated hidden rows, as grouped_gemv leaves them
+        o, d = lora[n]
+        rkvh[:, o:o + d] = torch.tanh(rkvh[:, o:o + d]) if n == "w" else torch.sigmoid(rkvh[:, o:o + d])
+    # up weights as RWKV7Fast keeps them: [n, C, Dmax] zero-padded, one row stride
+    up_all = torch.zeros(4, C, max(D.values()))
+    up = {}
+    for j, n in enumerate(["v", "a", "w", "g"]):
+        up_all[j, :, :D[n]] = torch.randn(C, D[n], generator=gen) * 0.3
+    up_all = up_all.to(device, dtype)
+    for j, n in enumerate(["v", "a", "w", "g"]):
+        up[n] = up_all[j, :, :D[n]]
+    f32 = lambda t: t.to(device, torch.float32).contiguous()  # noqa: E731
+    params = dict(w0=f32(torch.randn(C, generator=gen) - 0.5), a0=f32(torch.randn(C, generator=gen)),
+                  v0=f32(torch.randn(C, generator=gen)) if has_v else None,
+                  k_k=f32(0.5 + torch.rand(C, generator=gen)), k_a=f32(torch.rand(C, generator=gen) * 2),
+                  r_k=f32(torch.randn(H, N, generator=gen) * 0.5), ln_w=f32(1 + 0.3 * torch.randn(C, generator=gen)),
+                  ln_b=f32(0.3 * torch.randn(C, generator=gen)))
+    v_first = torch.randn(B, C, generator=gen).to(device, dtype) if has_v else None
+    return rkvh.to(device, dtype), lora, up, v_first, params
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("has_v", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_tmix_lora_step_matches_reference_chained(kernel_device, has_v, dtype):
+    step = _tmix()
+    B, H, N = 3, 2, 16
+    slots = torch.tensor([4, 0, 2], device=kernel_device)
+    pool0 = (0.3 * torch.randn(5, H, N, N, generator=torch.Generator().manual_seed(9))).to(kernel_device)
+    pool_t, pool_r = pool0.clone(), pool0.clone()
+    for t in range(3):  # chained calls: the state carries over in place
+        rkvh, lora, up, vf, params = _lora_case(B, H, N, has_v, dtype, kernel_device, seed=t)
+        out = step(rkvh, pool_t, slots, lora=lora, up=up, v_first=vf, **params)
+        ref = tmix_lora_step_reference(rkvh.float(), pool_r, slots, lora=lora, up={n: u.float() for n, u in up.items()},
+                                       v_first=None if vf is None else vf.float(), **params)
+        assert out.dtype == dtype and torch.isfinite(out).all()
+        assert rel_err(out, ref) < TOL[dtype], (t, rel_err(out, ref))
+    assert rel_err(pool_t, pool_r) < TOL[dtype]
+    assert torch.equal(pool_t[[1, 3]], pool0[[1, 3]])  # rows outside ``slots`` untouched
