@@ -15,10 +15,12 @@ from rwkvrt.ops.wkv7.reference import wkv7_reference
 pytestmark = pytest.mark.gpu
 
 
-def make_inputs(B, T, H, N, device, *, dtype=torch.float32, seed=0):
+def make_inputs(B, T, H, N, device, *, dtype=torch.float32, seed=0, hard=False):
     """Inputs like a real layer's: a = -kk, b = kk * a_lr (kk unit-norm per head, a_lr in
     (0, 1)), raw decay logits in about [-8, 4] plus saturating extremes, k scaled so the
-    state stays O(1), and a non-zero fp32 initial state."""
+    state stays O(1), and a non-zero fp32 initial state. ``hard``: the ill-conditioned case
+    for a chunk's (I - A_ab)^{-1}: strongly correlated kk over time, a_lr ~ 1, almost no
+    decay (a Neumann-series inverse loses all fp32 accuracy there at C >= 32)."""
     g = torch.Generator().manual_seed(seed)
 
     def rn(*s):
@@ -31,6 +33,10 @@ def make_inputs(B, T, H, N, device, *, dtype=torch.float32, seed=0):
     w[..., 1] = -30.0   # no decay
     kk = F.normalize(rn(B, T, H, N), dim=-1)
     a_lr = torch.rand(B, T, H, N, generator=g)
+    if hard:
+        w = torch.full((B, T, H, N), -30.0)
+        kk = F.normalize(rn(B, 1, H, N) + 0.3 * rn(B, T, H, N), dim=-1)
+        a_lr = 1 - 0.01 * a_lr
     xs = tuple(x.to(device=device, dtype=dtype) for x in (r, w, k, v, -kk, kk * a_lr))
     return xs, (rn(B, H, N, N) * 0.3).to(device)
 
@@ -68,9 +74,19 @@ def _recurrent():
     return wkv7_recurrent_triton
 
 
-def _chunk():
+def _chunk(variant=None):
+    """The chunked kernel; ``variant`` = (inverse, output) pins those keyword arguments."""
+    import functools
+
     from rwkvrt.ops.wkv7.triton_chunk import wkv7_chunk_triton
-    return wkv7_chunk_triton
+    if variant is None:
+        return wkv7_chunk_triton
+    return functools.partial(wkv7_chunk_triton, inverse=variant[0], output=variant[1])
+
+
+# (inverse, output) of wkv7_chunk_triton: the default first
+VARIANTS = [("loop", "scan"), ("doubling", "scan"), ("loop", "parallel"), ("doubling", "parallel")]
+VARIANT_IDS = ["-".join(v) for v in VARIANTS]
 
 
 @pytest.mark.parametrize("B", [1, 3])
@@ -88,10 +104,11 @@ def test_wkv7_recurrent_triton_shapes(kernel_device, nan_poison, B, T, H, N, kw)
     check(_recurrent(), B, T, H, N, kernel_device, **kw)
 
 
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
 @pytest.mark.parametrize("B", [1, 3])
 @pytest.mark.parametrize("T", [1, 2, 15, 63, 100])
-def test_wkv7_chunk_triton_matches_reference(kernel_device, nan_poison, B, T):
-    check(_chunk(), B, T, 2, 16, kernel_device, chunk_size=16)
+def test_wkv7_chunk_triton_matches_reference(kernel_device, nan_poison, B, T, variant):
+    check(_chunk(variant), B, T, 2, 16, kernel_device, chunk_size=16)
 
 
 @pytest.mark.parametrize("B,T,H,N,C", [
@@ -101,20 +118,38 @@ def test_wkv7_chunk_triton_matches_reference(kernel_device, nan_poison, B, T):
     (1, 130, 1, 64, 64),
     (1, 45, 2, 64, 32),
 ])
-def test_wkv7_chunk_triton_shapes(kernel_device, nan_poison, B, T, H, N, C):
-    check(_chunk(), B, T, H, N, kernel_device, chunk_size=C)
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+def test_wkv7_chunk_triton_shapes(kernel_device, nan_poison, B, T, H, N, C, variant):
+    check(_chunk(variant), B, T, H, N, kernel_device, chunk_size=C)
 
 
-@pytest.mark.parametrize("impl,split", [("recurrent", 7), ("chunk", 37), ("chunk", 32)])
+@pytest.mark.parametrize("C", [32, 64])
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+def test_wkv7_chunk_triton_ill_conditioned(kernel_device, C, variant):
+    """Correlated keys, a_lr ~ 1, no decay: every inverse variant must stay fp32-tight."""
+    xs, s0 = make_inputs(1, 2 * C + 5, 1, 64, kernel_device, hard=True)
+    y_ref, s_ref = wkv7_reference(*(x.cpu() for x in xs), s0.cpu())
+    y, s = _chunk(variant)(*xs, s0.clone(), chunk_size=C)
+    tol = 1e-4 if kernel_device == "cpu" else 1e-3
+    assert rel_err(y, y_ref) < tol and rel_err(s, s_ref) < tol, (rel_err(y, y_ref), rel_err(s, s_ref))
+
+
+@pytest.mark.parametrize("impl,split", [("recurrent", 7), ("chunk", 37), ("chunk", 32)]
+                         + [(v, 37) for v in VARIANT_IDS[1:]])
 def test_wkv7_triton_chained_calls(kernel_device, impl, split):
-    fn, kw = (_recurrent(), {}) if impl == "recurrent" else (_chunk(), {"chunk_size": 16})
+    fn, kw = (_recurrent(), {}) if impl == "recurrent" else (_chunk(_variant(impl)), {"chunk_size": 16})
     check(fn, 2, 70 if impl == "chunk" else 20, 2, 16, kernel_device, split=split, **kw)
 
 
+def _variant(impl):
+    """"chunk" -> None (defaults); "doubling-parallel" -> ("doubling", "parallel")."""
+    return None if impl == "chunk" else tuple(impl.split("-"))
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("impl", ["recurrent", "chunk"])
+@pytest.mark.parametrize("impl", ["recurrent", "chunk"] + VARIANT_IDS[1:])
 def test_wkv7_triton_half_inputs(kernel_device, impl, dtype):
-    fn, kw = (_recurrent(), {}) if impl == "recurrent" else (_chunk(), {"chunk_size": 32})
+    fn, kw = (_recurrent(), {}) if impl == "recurrent" else (_chunk(_variant(impl)), {"chunk_size": 32})
     check(fn, 2, 40, 2, 32, kernel_device, dtype=dtype, **kw)
 
 
@@ -148,8 +183,11 @@ def _round_tf32(x):
     return ((u + 0x1000) & 0xFFFFE000).astype(np.uint32).view(np.float32)
 
 
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("hard", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_wkv7_chunk_triton_default_precision_under_tf32(kernel_device, monkeypatch, dtype):
+def test_wkv7_chunk_triton_default_precision_under_tf32(kernel_device, monkeypatch, dtype, hard,
+                                                        variant):
     """The interpreter's tl.dot is exact fp32; emulate the GPU's tf32 / tf32x3 tensor-core
     rounding there, to check the default input_precision (tf32x3 for fp32 inputs, tf32 for
     half) meets the tolerances. (Plain tf32 gives ~2.6e-3 on fp32 inputs: too coarse.)"""
@@ -170,9 +208,9 @@ def test_wkv7_chunk_triton_default_precision_under_tf32(kernel_device, monkeypat
         return interp.TensorHandle(out.astype("float32") + d.data, d.dtype.scalar)
 
     monkeypatch.setattr(interp.InterpreterBuilder, "create_dot", create_dot)
-    xs, s0 = make_inputs(1, 100, 1, 64, kernel_device, dtype=dtype)
+    xs, s0 = make_inputs(1, 100, 1, 64, kernel_device, dtype=dtype, hard=hard)
     y_ref, s_ref = wkv7_reference(*xs, s0)
-    y, s = _chunk()(*xs, s0.clone(), chunk_size=32)
+    y, s = _chunk(variant)(*xs, s0.clone(), chunk_size=32)
     tol = 1e-4 if dtype == torch.float32 else 1e-2
     assert rel_err(y, y_ref) < tol and rel_err(s, s_ref) < tol, (rel_err(y, y_ref), rel_err(s, s_ref))
 
