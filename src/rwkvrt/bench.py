@@ -129,11 +129,18 @@ class _NativeEngine(_Engine):
             except ImportError:
                 runner_cls = None
         if runner_cls is not None:
-            fast = RWKV7Fast(cfg, sd, device=dev, dtype=strategy.dtype)
+            # RWKVRT_DECODE_FUSED=0/1 and RWKVRT_DECODE_MAX_BATCH=N: A/B knobs of the decode ops path
+            fused = os.environ.get("RWKVRT_DECODE_FUSED", "auto")
+            fkw = {"decode_max_batch": int(os.environ.get("RWKVRT_DECODE_MAX_BATCH", "1"))}
+            if fused != "auto":
+                fkw["decode_fused"] = fused == "1"
+            fast = RWKV7Fast(cfg, sd, device=dev, dtype=strategy.dtype, **fkw)
             kw = {} if prefill_chunk is None else {"prefill_chunk": prefill_chunk}
             self.runner = runner_cls(fast, max_batch, **kw)
             self.slots = [self.runner.alloc() for _ in range(max_batch)]
             path = "runner-graphs" if self.runner.use_graphs else "runner-eager"
+            if fast.decode_fused:
+                path += f"+decode-ops(b<={fast.decode_max_batch})"
         else:
             from .model import Model
 

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Development checks on the GPU machine, in one call: selected GPU tests, kernel sweeps and an
+# A/B decode/prefill bench. Results under $OUT. Stages (env STAGES, space separated):
+#   tests  : pytest -m gpu on $TESTS (default: the decode ops, fast model, runner tests)
+#   gemv   : benchmarks/gemv_sweep.py (budget GEMV_S, default 170 s)
+#   wkv    : benchmarks/wkv7_sweep.py
+#   ab     : rwkvrt bench per shape in $SHAPES with each setting in $AB (env assignments, ';' separated)
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu_out}
+mkdir -p "$OUT"
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}
+STAGES=${STAGES:-"tests gemv ab"}
+TESTS=${TESTS:-"tests/ops/test_decode_ops.py tests/models/test_fast_model.py tests/engine/test_runner.py"}
+SHAPES=${SHAPES:-"0.1B 1.5B 7.2B"}
+AB=${AB:-"RWKVRT_DECODE_FUSED=0;RWKVRT_DECODE_FUSED=1"}
+BENCH_ARGS=${BENCH_ARGS:-"--pp 512 --tg 64 --batch 1 --warmup 1 --repeat 2"}
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
+for st in $STAGES; do
+  case $st in
+    tests)
+      echo "== tests"; timeout -k 5 ${TESTS_S:-110} python3 -m pytest -m gpu -q -p no:cacheprovider $TESTS > "$OUT/pytest.log" 2>&1
+      echo "pytest exit $?: $(tail -1 "$OUT/pytest.log")"; grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -20;;
+    gemv)
+      echo "== gemv sweep"; timeout -k 5 $(( ${GEMV_S:-170} + 30 )) python3 benchmarks/gemv_sweep.py --budget-s ${GEMV_S:-170} \
+        > "$OUT/gemv.jsonl" 2> "$OUT/gemv.err"; echo "exit $?"; tail -20 "$OUT/gemv.err";;
+    wkv)
+      echo "== wkv7 sweep"; timeout -k 5 ${WKV_S:-200} python3 benchmarks/wkv7_sweep.py > "$OUT/wkv.jsonl" 2> "$OUT/wkv.err"
+      echo "exit $?"; tail -25 "$OUT/wkv.err"; tail -25 "$OUT/wkv.jsonl" | grep -v '^{' ;;
+    ab)
+      echo "== A/B bench"
+      for shape in $SHAPES; do
+        IFS=';' read -ra settings <<< "$AB"
+        for s in "${settings[@]}"; do
+          env $s timeout -k 5 ${AB_S:-90} python3 -m rwkvrt bench --shape "$shape" --strategy "cuda fp16" $BENCH_ARGS --json-only \
+            > "$OUT/ab.tmp" 2>> "$OUT/ab.err"
+          echo "rc=$? $shape [$s]"
+          python3 -c "
+import json,sys
+for l in open('$OUT/ab.tmp'):
+    if not l.startswith('{'): continue
+    r=json.loads(l); r['ab']='$s'; print(json.dumps(r))
+    if r.get('impl')=='rwkvrt' and 'tokens_per_s' in r:
+        print('   ', r.get('test'), 'b', r.get('batch'), round(r['tokens_per_s'],1), 'tok/s', r.get('pct_of_decode_floor', r.get('pct_of_prefill_floor')), '%', r.get('path',''), file=sys.stderr)
+" >> "$OUT/ab.jsonl"
+        done
+      done;;
+  esac
+done
