@@ -234,3 +234,42 @@ def test_wkv7_triton_cuda_graph_capture(kernel_device, T):
     torch.cuda.synchronize()
     assert s is state
     assert rel_err(y, y_ref) < 1e-3 and rel_err(state, s_ref) < 1e-3
+
+
+def _load_sweep():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "wkv7_sweep.py"
+    spec = importlib.util.spec_from_file_location("wkv7_sweep", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_wkv7_sweep_without_cuda_exits_cleanly(monkeypatch, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("checks the no-CUDA message")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert _load_sweep().main([]) == 0
+    assert "no CUDA device" in capsys.readouterr().out
+
+
+def test_wkv7_sweep_smoke(kernel_device, monkeypatch, capsys):
+    """benchmarks/wkv7_sweep.py --smoke runs every variant, reports a failing config (chunk 128
+    is rejected) as a JSON line with "error" and goes on, and ends with the best-config table."""
+    import json
+    sweep = _load_sweep()
+    monkeypatch.setattr(sweep, "CHUNKS", (16, 128))
+    monkeypatch.setattr(sweep, "PREP_WARPS", (4,))
+    assert sweep.main(["--smoke"]) == 0
+    out = capsys.readouterr().out
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert rows[0]["kind"] == "meta"
+    ok = [r for r in rows[1:] if "us_per_call" in r]
+    failed = [r for r in rows[1:] if "error" in r]
+    assert {r["variant"] for r in ok if r["impl"] == "chunk"} == {f"{i}/{o}" for i, o in VARIANTS}
+    assert {r["chunk"] for r in failed} == {128} and all(r["chunk"] == 16 or r["impl"] == "recurrent"
+                                                         for r in ok)
+    assert any(r["impl"] == "recurrent" for r in ok)
+    assert all(r["y_rel_err"] < 0.05 and r["s_rel_err"] < 1e-3 for r in ok)
+    assert "best per shape" in out
