@@ -5,7 +5,7 @@ its [BLOCK_N, K] slab of W once, in [BLOCK_N, BLOCK_K] tiles, and multiplies eac
 the M (<= MAX_M) input vectors, accumulating [M, BLOCK_N, BLOCK_K] partial products in fp32
 and reducing once at the end. Rows are never split across programs (no split-K), so the
 result is deterministic and no output zeroing or second pass is needed; parallelism comes
-from small BLOCK_N instead (``pick_blocks`` keeps >= ~2 programs per SM).
+from small BLOCK_N instead (4 rows: N/4 programs, >= 192 even for the 0.1B's 768 rows).
 
 Groups: a block of rows belongs to one group (its xs row and activation come from two
 int32 tables indexed by program id), so r/k/v and the LoRA down-projections, each on its
@@ -24,13 +24,12 @@ import triton.language as tl
 from .reference import RowGroups
 
 MAX_M = 8  # batch rows per launch; above this a GEMM (cuBLAS) wins anyway
-# Default tile: BLOCK_K elements of a row per step (16-byte loads, a few in flight per
-# thread), BLOCK_N rows per program chosen by ``pick_blocks``. Tune on the device
-# (benchmarks/gemv_sweep.py) and set here.
+# Tiles measured on an H100 (benchmarks/gemv_sweep.py, graph-timed, fp16, B=1; docs/perf.md):
+# 4 rows x 512 columns per step, 4 warps, 3 stages is best or within ~2% of the best for every
+# matrix of the 0.1B/1.5B/7.2B shapes; 8 rows wins by 1-2% on the large ungrouped 7.2B ones.
 BLOCK_K = 512
 NUM_WARPS = 4
-STAGES = 2
-MIN_PROGRAMS = 264  # ~2 per SM on an H100 (132 SMs)
+STAGES = 3
 
 
 @triton.jit
@@ -69,18 +68,14 @@ def grouped_gemv_kernel(x_ptr, w_ptr, out_ptr, xrow_ptr, act_ptr, M, N, sxg, sxm
 
 
 def pick_blocks(N: int, K: int, groups: RowGroups) -> tuple[int, int]:
-    """(block_n, block_k): the largest block_n in 32..4 that keeps >= MIN_PROGRAMS programs and
-    divides every group but the last; block_k the largest of BLOCK_K..64 dividing K."""
+    """(block_n, block_k) for an [N, K] weight: see the tile note above."""
     block_k = BLOCK_K
     while K % block_k and block_k > 16:
         block_k //= 2
-    for block_n in (32, 16, 8, 4):
-        if N // block_n >= MIN_PROGRAMS and all(s % block_n == 0 for s in groups.sizes[:-1]):
-            return block_n, block_k
-    for block_n in (4, 2, 1):
-        if all(s % block_n == 0 for s in groups.sizes[:-1]):
-            return block_n, block_k
-    raise AssertionError("unreachable: block_n 1 divides everything")
+    block_n = 8 if len(groups.sizes) == 1 and 4096 <= N <= 16384 and K >= 4096 else 4
+    while any(s % block_n for s in groups.sizes[:-1]):
+        block_n //= 2
+    return block_n, block_k
 
 
 def grouped_gemv_triton(xs: torch.Tensor, W: torch.Tensor, groups: RowGroups, out: torch.Tensor, *,
