@@ -4,6 +4,8 @@
 #   tests  : pytest -m gpu on $TESTS (default: the decode ops, fast model, runner tests)
 #   gemv   : benchmarks/gemv_sweep.py (budget GEMV_S, default 170 s)
 #   wkv    : benchmarks/wkv7_sweep.py
+#   overhead: benchmarks/decode_overhead.py on $OVERHEAD_SHAPES (host vs GPU time, top kernels)
+#   flake  : the graph-replay-vs-eager runner test, $FLAKE_N times
 #   ab     : rwkvrt bench per shape in $SHAPES with each setting in $AB (env assignments, ';' separated)
 set -u
 cd "$(dirname "$0")/.."
@@ -27,6 +29,14 @@ for st in $STAGES; do
     wkv)
       echo "== wkv7 sweep"; timeout -k 5 ${WKV_S:-200} python3 benchmarks/wkv7_sweep.py > "$OUT/wkv.jsonl" 2> "$OUT/wkv.err"
       echo "exit $?"; tail -25 "$OUT/wkv.err"; tail -25 "$OUT/wkv.jsonl" | grep -v '^{' ;;
+    overhead)
+      echo "== decode overhead"; timeout -k 5 ${OVERHEAD_S:-150} python3 benchmarks/decode_overhead.py --shapes ${OVERHEAD_SHAPES:-0.1B,1.5B,7.2B} \
+        > "$OUT/overhead.txt" 2>&1; echo "exit $?"; grep -E "^## |Self CUDA time total" "$OUT/overhead.txt";;
+    flake)
+      echo "== graph replay vs eager x ${FLAKE_N:-4}"
+      for i in $(seq ${FLAKE_N:-4}); do
+        timeout -k 5 60 python3 -m pytest -q -p no:cacheprovider -rxX "tests/engine/test_runner.py::test_gpu_graph_replay_equals_eager" 2>&1 | tail -1
+      done;;
     ab)
       echo "== A/B bench"
       for shape in $SHAPES; do
