@@ -5,7 +5,8 @@
 
 For each shape (B, T, H), fp16 inputs, N = 64, it times ``wkv7_chunk_triton`` for every
 (inverse, output) variant x chunk_size x prep_warps x block_v, and ``wkv7_recurrent_triton``
-(block_v 16, 32). One JSON line per config: us_per_call (median over >= 20 CUDA-graph
+(block_v 16, 32); for the first two shapes, then the scan kernel's warps x stages around the
+best chunked config (chunk configs use scan_warps 4, scan_stages 2). One JSON line per config: us_per_call (median over >= 20 CUDA-graph
 replays, each replay n_inner back-to-back calls, so the number is GPU time as a captured
 prefill sees it, not Python launch time), us_eager (median of plain calls timed with CUDA
 events: host-bound for small T), and the error of y and of the final state against the
@@ -31,6 +32,7 @@ SHAPES = [(1, 512, 32), (1, 512, 64), (1, 8192, 32), (1, 16, 32), (1, 32, 32), (
 SMOKE_SHAPES = [(2, 20, 1)]
 VARIANTS = [("loop", "scan"), ("doubling", "scan"), ("loop", "parallel"), ("doubling", "parallel")]
 CHUNKS, PREP_WARPS, BLOCK_VS = (16, 32, 64), (4, 8), (16, 32)
+SCAN_WARPS, SCAN_STAGES = (2, 4, 8), (1, 2, 3)   # refine phase, first two shapes only
 
 
 def make_inputs(B, T, H, N, device, dtype, seed=0):
@@ -113,8 +115,9 @@ def configs(N: int):
             yield "recurrent", {"block_v": bv}
 
 
-def run_shape(B, T, H, N, device, timer, dtype, deadline, emit):
-    """Times every config for one shape; returns the result dicts (errors included)."""
+def run_shape(B, T, H, N, device, timer, dtype, deadline, emit, refine=False):
+    """Times every config for one shape (then, with ``refine``, the scan's warps and stages for
+    the best one); returns the result dicts (errors and skips included)."""
     from rwkvrt.ops.wkv7.triton_chunk import wkv7_chunk_triton
     from rwkvrt.ops.wkv7.triton_recurrent import wkv7_recurrent_triton
 
@@ -124,18 +127,20 @@ def run_shape(B, T, H, N, device, timer, dtype, deadline, emit):
     y_ref, s_ref = wkv7_recurrent_triton(*xs32, s_ref)
     y_ref = y_ref.float()
     n_inner = max(1, min(10, 65536 // (B * T * H)))
-    out = []
-    for kind, kw in configs(N):
+    fns = {"chunk": wkv7_chunk_triton, "recurrent": wkv7_recurrent_triton}
+
+    def one(kind, kw):
         row = {"impl": kind, "variant": f"{kw.get('inverse', '-')}/{kw.get('output', '-')}",
                "chunk": kw.get("chunk_size"), "warps": kw.get("prep_warps"),
                "block_v": kw["block_v"], "B": B, "T": T, "H": H, "N": N,
                "dtype": str(dtype).replace("torch.", "")}
+        if kind == "chunk":
+            row |= {"scan_warps": kw.get("scan_warps", 4), "scan_stages": kw.get("scan_stages", 2)}
         if time.monotonic() > deadline:
             row["skipped"] = "time budget"
-            out.append(row)
             emit(row)
-            continue
-        fn = wkv7_chunk_triton if kind == "chunk" else wkv7_recurrent_triton
+            return row
+        fn = fns[kind]
         state = s0.clone()
         try:
             t0 = time.monotonic()
@@ -155,8 +160,21 @@ def run_shape(B, T, H, N, device, timer, dtype, deadline, emit):
             if device == "cuda" and "illegal" in row["error"].lower():
                 emit(row)
                 raise                             # the CUDA context is gone: nothing after can run
-        out.append(row)
         emit(row)
+        return row
+
+    out = [one(kind, kw) for kind, kw in configs(N)]
+    if refine:
+        # the scan's own knobs, around the best chunked config of this shape
+        ok = [r for r in out if r["impl"] == "chunk" and "us_per_call" in r]
+        if ok:
+            b = min(ok, key=lambda r: r["us_per_call"])
+            inv, outp = b["variant"].split("/")
+            base = {"inverse": inv, "output": outp, "chunk_size": b["chunk"], "prep_warps": b["warps"],
+                    "block_v": b["block_v"]}
+            for sw, st in itertools.product(SCAN_WARPS, SCAN_STAGES):
+                if (sw, st) != (4, 2):
+                    out.append(one("chunk", base | {"scan_warps": sw, "scan_stages": st}))
     return out
 
 
@@ -178,7 +196,9 @@ def best_table(rows) -> list[str]:
         def name(r):
             if r["impl"] == "recurrent":
                 return f"recurrent bv{r['block_v']}"
-            return f"{r['variant']} C{r['chunk']} w{r['warps']} bv{r['block_v']}"
+            knobs = "" if (r["scan_warps"], r["scan_stages"]) == (4, 2) else \
+                f" sw{r['scan_warps']} ss{r['scan_stages']}"
+            return f"{r['variant']} C{r['chunk']} w{r['warps']} bv{r['block_v']}{knobs}"
 
         d = min(dflt, key=lambda r: r["us_per_call"]) if dflt else None
         rc = min(r["us_per_call"] for r in rec) if rec else float("nan")
@@ -218,8 +238,9 @@ def main(argv=None) -> int:
         print(json.dumps(row), flush=True)
 
     rows = []
-    for B, T, H in shapes:
-        rows += run_shape(B, T, H, N, device, Timer(device, reps), dtype, deadline, emit)
+    for i, (B, T, H) in enumerate(shapes):
+        rows += run_shape(B, T, H, N, device, Timer(device, reps), dtype, deadline, emit,
+                          refine=i < 2)
     failed = [r for r in rows if "error" in r]
     skipped = [r for r in rows if "skipped" in r]
     for line in best_table(rows):

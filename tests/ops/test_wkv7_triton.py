@@ -261,6 +261,8 @@ def test_wkv7_sweep_smoke(kernel_device, monkeypatch, capsys):
     sweep = _load_sweep()
     monkeypatch.setattr(sweep, "CHUNKS", (16, 128))
     monkeypatch.setattr(sweep, "PREP_WARPS", (4,))
+    monkeypatch.setattr(sweep, "SCAN_STAGES", (1, 2))
+    monkeypatch.setattr(sweep, "SCAN_WARPS", (4,))
     assert sweep.main(["--smoke"]) == 0
     out = capsys.readouterr().out
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
@@ -272,4 +274,5 @@ def test_wkv7_sweep_smoke(kernel_device, monkeypatch, capsys):
                                                          for r in ok)
     assert any(r["impl"] == "recurrent" for r in ok)
     assert all(r["y_rel_err"] < 0.05 and r["s_rel_err"] < 1e-3 for r in ok)
+    assert [(r["scan_warps"], r["scan_stages"]) for r in ok if r.get("scan_stages", 2) != 2] == [(4, 1)]
     assert "best per shape" in out

@@ -97,7 +97,7 @@ def _chunk_inverse(aG, bI, tt, C: tl.constexpr, LOG2C: tl.constexpr, DOUBLING: t
     Tinv = tl.where(tt[:, None] == tt[None, :], 1.0, 0.0)
     if DOUBLING:
         L = tl.where(tt[:, None] > tt[None, :], tl.dot(aG, tl.trans(bI), input_precision=PREC), 0.0)
-        for lvl in tl.static_range(LOG2C):
+        for lvl in range(LOG2C):   # a real loop: keeps later loads from being hoisted into it
             # T_2s = T_s + T_s Lo T_s, Lo = the (2s-block, different s-block) entries of L
             lo = ((tt[:, None] >> (lvl + 1)) == (tt[None, :] >> (lvl + 1))) & \
                  ((tt[:, None] >> lvl) != (tt[None, :] >> lvl))
@@ -246,9 +246,12 @@ def wkv7_chunk_wu_kernel(w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, p_ptr, u_ptr, m_ptr,
     ld, G, gC = _decay_cumsum(w_ptr, offs, lmask)
     eGm = tl.exp(G - ld)
     enG = tl.exp(-G)
-    aG = tl.load(a_ptr + offs, mask=lmask, other=0.0).to(tl.float32) * eGm
-    Tinv = _chunk_inverse(aG, tl.load(b_ptr + offs, mask=lmask, other=0.0).to(tl.float32) * enG,
+    # inputs are reloaded after the inverse rather than kept live across it (registers: a
+    # dot operand tile can be replicated in every warp)
+    Tinv = _chunk_inverse(tl.load(a_ptr + offs, mask=lmask, other=0.0).to(tl.float32) * eGm,
+                          tl.load(b_ptr + offs, mask=lmask, other=0.0).to(tl.float32) * enG,
                           tt, C, LOG2C, DOUBLING, PREC)
+    aG = tl.load(a_ptr + offs, mask=lmask, other=0.0).to(tl.float32) * eGm
     kI = tl.load(k_ptr + offs, mask=lmask, other=0.0).to(tl.float32) * enG
     v = tl.load(v_ptr + offs, mask=lmask, other=0.0).to(tl.float32)
     A_ak = tl.where(tt[:, None] > tt[None, :], tl.dot(aG, tl.trans(kI), input_precision=PREC), 0.0)
