@@ -284,8 +284,10 @@ def test_tmix_step_kernel_compiles_for_sm90_without_spills(block_v, num_warps, f
 def test_tmix_pre_post_kernels_compile_for_sm90_without_spills(fused_inputs):
     tf = pytest.importorskip("rwkvrt.ops.timemix.triton_fused")
     bf = "*bf16"
-    pre = sm90_ptxas_report(tf.tmix_pre_fwd_kernel, {n: bf for n in ("k_ptr", "a_ptr", "kp_ptr", "nkk_ptr", "kka_ptr")}
-                            | {"l2_eps": "fp32"}, {"BLOCK_T": 16, "N": 64}, 4)
+    pre = sm90_ptxas_report(tf.tmix_pre_fwd_kernel, {n: bf for n in ("k_ptr", "a_ptr", "w_ptr", "v_ptr", "vf_ptr", "vg_ptr",
+                                                                    "kp_ptr", "nkk_ptr", "kka_ptr", "weff_ptr", "veff_ptr")}
+                            | {"l2_eps": "fp32"}, {"HAS_W0": fused_inputs, "HAS_A0": fused_inputs,
+                                                   "HAS_VRES": fused_inputs, "BLOCK_T": 16, "N": 64}, 4)
     post = sm90_ptxas_report(tf.tmix_post_fwd_kernel, {n: bf for n in ("r_ptr", "k_ptr", "v_ptr", "a_ptr", "g_ptr",
                                                                       "vf_ptr", "vg_ptr", "out_ptr")}
                              | {"gn_eps": "fp32"}, {"HAS_A0": fused_inputs, "HAS_VRES": fused_inputs,

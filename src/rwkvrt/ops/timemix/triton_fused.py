@@ -33,7 +33,8 @@ gate: ONE launch per layer, whose only memory traffic is the inputs, the output 
 one read + one write of the state rows. With block_v < N the group norm needs the
 whole head, so the step kernel writes y (fp32 scratch) and the post-kernel finishes.
 
-Prefill path (T > DECODE_MAX_T and wkv given): pre-kernel (k', -kk, kk*a), ``wkv``,
+Prefill path (T > DECODE_MAX_T and wkv given): pre-kernel (k', -kk, kk*a, w + w0, value
+residual), ``wkv``,
 post-kernel (group norm, bonus, gate). With slots the recurrence runs on a gathered
 copy of the state rows that is scattered back (prefill is compute bound; the copy
 is H*N*N*4 bytes per row, negligible next to T tokens of matmuls).
@@ -166,11 +167,16 @@ def tmix_step_fwd_kernel(
 
 @triton.jit
 def tmix_pre_fwd_kernel(
-        k_ptr, a_ptr, kk_w_ptr, ka_ptr, kp_ptr, nkk_ptr, kka_ptr,
-        skb, skt, sab, sat,
+        k_ptr, a_ptr, w_ptr, v_ptr, vf_ptr, vg_ptr, kk_w_ptr, ka_ptr, w0_ptr, a0_ptr, v0_ptr,
+        kp_ptr, nkk_ptr, kka_ptr, weff_ptr, veff_ptr,
+        skb, skt, sab, sat, swb, swt, svb, svt, sfb, sft, shb, sht,
         BT, T, H, l2_eps,
+        HAS_W0: tl.constexpr, HAS_A0: tl.constexpr, HAS_VRES: tl.constexpr,
         BLOCK_T: tl.constexpr, N: tl.constexpr):
-    """Grid (cdiv(B*T, BLOCK_T), H): k' = k*(1+(a-1)*k_a), -kk, kk*a -> contiguous [B,T,H,N]."""
+    """Grid (cdiv(B*T, BLOCK_T), H): k' = k*(1+(a-1)*k_a), -kk, kk*a -> contiguous [B,T,H,N].
+    HAS_A0: a = sigmoid(a + a0) first. HAS_W0: also writes w + w0 to weff. HAS_VRES: also writes
+    v + (v_first - v) * sigmoid(v_gate + v0) to veff (both contiguous, activation dtype): the
+    wkv inputs, so prefill runs no separate element-wise launches for them."""
     pid = tl.program_id(0)
     h = tl.program_id(1)
     rows = (pid * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
@@ -182,6 +188,8 @@ def tmix_pre_fwd_kernel(
     m2 = rmask[:, None]
     k = tl.load(k_ptr + (b * skb + t * skt)[:, None] + cj[None, :], mask=m2, other=0.0).to(tl.float32)
     a = tl.load(a_ptr + (b * sab + t * sat)[:, None] + cj[None, :], mask=m2, other=0.0).to(tl.float32)
+    if HAS_A0:
+        a = tl.sigmoid(a + tl.load(a0_ptr + cj).to(tl.float32)[None, :])
     kk_w = tl.load(kk_w_ptr + cj).to(tl.float32)
     k_a = tl.load(ka_ptr + cj).to(tl.float32)
     kk = k * kk_w[None, :]
@@ -192,6 +200,15 @@ def tmix_pre_fwd_kernel(
     tl.store(kp_ptr + o, kp.to(ty), mask=m2)
     tl.store(nkk_ptr + o, (-kk).to(ty), mask=m2)
     tl.store(kka_ptr + o, (kk * a).to(ty), mask=m2)
+    if HAS_W0:
+        w = tl.load(w_ptr + (b * swb + t * swt)[:, None] + cj[None, :], mask=m2, other=0.0).to(tl.float32)
+        tl.store(weff_ptr + o, (w + tl.load(w0_ptr + cj).to(tl.float32)[None, :]).to(ty), mask=m2)
+    if HAS_VRES:
+        v = tl.load(v_ptr + (b * svb + t * svt)[:, None] + cj[None, :], mask=m2, other=0.0).to(tl.float32)
+        vf = tl.load(vf_ptr + (b * sfb + t * sft)[:, None] + cj[None, :], mask=m2, other=0.0).to(tl.float32)
+        vg = tl.load(vg_ptr + (b * shb + t * sht)[:, None] + cj[None, :], mask=m2, other=0.0).to(tl.float32)
+        v += (vf - v) * tl.sigmoid(vg + tl.load(v0_ptr + cj).to(tl.float32)[None, :])
+        tl.store(veff_ptr + o, v.to(ty), mask=m2)
 
 
 @triton.jit
@@ -300,26 +317,28 @@ def _step(r, w, k, v, a, g, state, slots, params, fx: dict, block_v: int, num_wa
 
 
 def _prefill(r, w, k, v, a, g, state, slots, params, fx: dict, wkv):
-    """Pre-kernel, ``wkv`` recurrence, post-kernel; ``state`` rows are updated in place."""
+    """Pre-kernel (with w0 / a0 / value residual folded in), ``wkv`` recurrence, post-kernel;
+    ``state`` rows are updated in place."""
     B, T, C = r.shape
     H, N = state.shape[1], state.shape[-1]
-    # prefill is matmul bound: the optional fused inputs are applied with plain torch here
-    if fx["w0"] is not None:
-        w = w + fx["w0"]
-    if fx["a0"] is not None:
-        a = torch.sigmoid(a + fx["a0"])
-    if fx["v_first"] is not None:
-        v = v + (fx["v_first"] - v) * torch.sigmoid(fx["v_gate"] + fx["v0"])
     kk_w, k_a, _, _, _ = params
-    kp, nkk, kka = (torch.empty((B, T, H, N), device=r.device, dtype=r.dtype) for _ in range(3))
+    new = lambda: torch.empty((B, T, H, N), device=r.device, dtype=r.dtype)  # noqa: E731
+    kp, nkk, kka = new(), new(), new()
+    has_w0, has_vres = fx["w0"] is not None, fx["v_first"] is not None
+    weff = new() if has_w0 else kp
+    veff = new() if has_vres else kp
+    # absent optional inputs get harmless stand-ins (never read: their constexpr flags are off)
+    vf, vg = (fx["v_first"], fx["v_gate"]) if has_vres else (k, k)
     grid = (triton.cdiv(B * T, PREFILL_BLOCK_T), H)
     tmix_pre_fwd_kernel[grid](
-        k, a, kk_w, k_a, kp, nkk, kka, *_bt_strides(k, a),
-        B * T, T, H, L2_EPS, BLOCK_T=PREFILL_BLOCK_T, N=N, num_warps=4)
+        k, a, w, v, vf, vg, kk_w, k_a, *(fx[n] if fx[n] is not None else k_a for n in ("w0", "a0", "v0")),
+        kp, nkk, kka, weff, veff, *_bt_strides(k, a, w, v, vf, vg),
+        B * T, T, H, L2_EPS, HAS_W0=has_w0, HAS_A0=fx["a0"] is not None, HAS_VRES=has_vres,
+        BLOCK_T=PREFILL_BLOCK_T, N=N, num_warps=4)
     # the wkv convention has every input in the activation dtype, [B, T, H, N]
     heads = lambda t: t.to(r.dtype).reshape(B, T, H, N)  # noqa: E731
     s_in = state if slots is None else state.index_select(0, slots)
-    y, s_out = wkv(heads(r), heads(w), kp, heads(v), nkk, kka, s_in)
+    y, s_out = wkv(heads(r), weff if has_w0 else heads(w), kp, veff if has_vres else heads(v), nkk, kka, s_in)
     if slots is None:
         if s_out is not state:
             state.copy_(s_out)
@@ -327,8 +346,8 @@ def _prefill(r, w, k, v, a, g, state, slots, params, fx: dict, wkv):
         state.index_copy_(0, slots, s_out)
     y = _unit_c(y.reshape(B, T, C))
     out = torch.empty((B, T, C), device=r.device, dtype=r.dtype)
-    plain = dict.fromkeys(fx)
-    return _post(y, r, k, v, a, g, params, out, H, N, plain)
+    # the post-kernel recomputes sigmoid(a + a0) and the value residual in fp32 (as the step kernel)
+    return _post(y, r, k, v, a, g, params, out, H, N, fx)
 
 
 def tmix_core_triton(r, w, k, v, a, g, state, *, k_k, k_a, r_k, ln_w, ln_b, wkv=None, slots=None,
