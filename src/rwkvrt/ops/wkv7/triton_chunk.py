@@ -96,14 +96,17 @@ def _chunk_inverse(aG, bI, tt, C: tl.constexpr, LOG2C: tl.constexpr, DOUBLING: t
     """Tinv = (I - A_ab)^{-1} [C, C] fp32, A_ab = tril(aG bI^T, -1); aG, bI [C, N] fp32."""
     Tinv = tl.where(tt[:, None] == tt[None, :], 1.0, 0.0)
     if DOUBLING:
-        L = tl.where(tt[:, None] > tt[None, :], tl.dot(aG, tl.trans(bI), input_precision=PREC), 0.0)
+        # transposed, as the loop below (aG as the B operand: the layouts, and registers, of
+        # the surrounding code then stay as in the loop variant)
+        LT = tl.where(tt[:, None] < tt[None, :], tl.dot(bI, tl.trans(aG), input_precision=PREC), 0.0)
         for lvl in range(LOG2C):   # a real loop: keeps later loads from being hoisted into it
-            # T_2s = T_s + T_s Lo T_s, Lo = the (2s-block, different s-block) entries of L
+            # T_2s = T_s + T_s Lo T_s, Lo = the (2s-block, different s-block) entries of L;
+            # transposed: T_2s^T = T_s^T + T_s^T Lo^T T_s^T
             lo = ((tt[:, None] >> (lvl + 1)) == (tt[None, :] >> (lvl + 1))) & \
                  ((tt[:, None] >> lvl) != (tt[None, :] >> lvl))
-            Lo = tl.where(lo, L, 0.0)
-            Tinv = tl.dot(tl.dot(Tinv, Lo, input_precision=PREC), Tinv, acc=Tinv,
-                          input_precision=PREC)
+            Tinv = tl.dot(tl.dot(Tinv, tl.where(lo, LT, 0.0), input_precision=PREC), Tinv,
+                          acc=Tinv, input_precision=PREC)
+        Tinv = tl.trans(Tinv)
     else:
         # A_ab kept transposed: its row i is then a column, reduced along axis 1, which lands
         # in the layout the broadcast below wants (no layout conversion per step)
