@@ -178,6 +178,39 @@ def run_shape(B, T, H, N, device, timer, dtype, deadline, emit, refine=False):
     return out
 
 
+def compiled_report() -> list[dict]:
+    """Registers, spills and shared memory of every kernel compiled in this run (CUDA only:
+    read from triton's JIT caches; empty under the interpreter or if the cache layout moved)."""
+    import rwkvrt.ops.wkv7.triton_chunk as tc
+    import rwkvrt.ops.wkv7.triton_recurrent as tr
+
+    kernels = (tc.wkv7_chunk_prep_kernel, tc.wkv7_chunk_scan_kernel, tc.wkv7_chunk_wu_kernel,
+               tc.wkv7_chunk_states_kernel, tc.wkv7_chunk_out_kernel, tr.wkv7_recurrent_fwd_kernel)
+    out = []
+    for k in kernels:
+        for cache in getattr(k, "device_caches", {}).values():
+            for ck in list(cache[0].values()):
+                try:
+                    ck = ck.result() if hasattr(ck, "result") else ck
+                    ck._init_handles()
+                    names = k.arg_names
+                    consts = {names[i[0] if isinstance(i, tuple) else i]: v
+                              for i, v in getattr(ck.src, "constants", {}).items()
+                              if names[i[0] if isinstance(i, tuple) else i] not in ("INTERP",)}
+                    warps = ck.metadata.num_warps
+                    regs = ck.n_regs
+                    out.append({"kind": "compiled", "kernel": ck.name,
+                                "constexprs": {n: str(v) for n, v in consts.items()},
+                                "num_warps": warps, "num_stages": getattr(ck.metadata, "num_stages", None),
+                                "n_regs": regs, "n_spills": ck.n_spills, "shared": ck.metadata.shared,
+                                # how many CTAs the register file (64K per SM) allows at once
+                                "ctas_per_sm_by_regs": 65536 // max(1, -(-regs // 8) * 8 * warps * 32)})
+                except Exception as exc:  # noqa: BLE001 -- a diagnostic; never fail the sweep
+                    out.append({"kind": "compiled", "kernel": getattr(k, "__name__", "?"),
+                                "error": f"{type(exc).__name__}: {exc}"[:200]})
+    return out
+
+
 def best_table(rows) -> list[str]:
     """One line per shape: the fastest config, the fastest default-variant one, and the step kernel."""
     lines = ["", "best per shape (us_per_call; y_rel_err = max|y - y_fp32| / std):",
@@ -241,6 +274,9 @@ def main(argv=None) -> int:
     for i, (B, T, H) in enumerate(shapes):
         rows += run_shape(B, T, H, N, device, Timer(device, reps), dtype, deadline, emit,
                           refine=i < 2)
+    if cuda:
+        for row in compiled_report():
+            emit(row)
     failed = [r for r in rows if "error" in r]
     skipped = [r for r in rows if "skipped" in r]
     for line in best_table(rows):
