@@ -7,7 +7,9 @@ shapes, so a model built on tensors that require grad is trainable as is.
 """
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
+from typing import List
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +19,8 @@ from ..ops import wkv7 as wkv7_ops
 from ..ops.timemix.reference import GROUP_NORM_EPS
 from ..ops.wkv7.reference import DECAY_SCALE
 from .config import RWKV7Config
+
+log = logging.getLogger("rwkvrt")
 
 LN_EPS = 1e-5
 _VEC_NAMES = ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g", "w0", "a0", "v0", "k_k", "k_a")
@@ -47,6 +51,7 @@ class RWKV7:
     """
 
     SHORT_T = 4
+    _script = True  # run the one-token CPU step as TorchScript (False: the same function, eagerly)
 
     def __init__(self, cfg: RWKV7Config, sd: dict[str, torch.Tensor], *, device="cpu",
                  dtype: torch.dtype = torch.float32, backend: str = "auto", fold_ln0: bool = True):
@@ -106,13 +111,21 @@ class RWKV7:
         # fp32 only (bf16 keeps its measured-fast plain path); weights that train need the autograd-safe path
         self._fast = (self.device.type == "cpu" and self.dtype == torch.float32
                       and not any(t.requires_grad for t in params))
+        need = ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g", "w0", "a0", "k_k", "k_a")  # v0..v2: layers > 0 only
+        self._fast = self._fast and all(getattr(p, n) is not None for p in self.layers for n in need)
         if not self._fast:
             return
-        self.headT = self.head.t()
+        self._fast_out = [*self.ln_out, self.head.t()]
+        self._fast_layers = []
+        none = torch.empty(0, device=self.device)
         for p in self.layers:
-            p.mix6 = torch.stack([p.x_r, p.x_w, p.x_k, p.x_v, p.x_a, p.x_g])  # [6, C]
-            p.WrT, p.WkT, p.WvT, p.WoT = p.Wr.t(), p.Wk.t(), p.Wv.t(), p.Wo.t()
-            p.ffn_keyT, p.ffn_valueT = p.ffn_key.t(), p.ffn_value.t()
+            q = dict(ln1w=p.ln1[0], ln1b=p.ln1[1], ln2w=p.ln2[0], ln2b=p.ln2[1], lnxw=p.ln_x[0], lnxb=p.ln_x[1],
+                     mix6=torch.stack([p.x_r, p.x_w, p.x_k, p.x_v, p.x_a, p.x_g]),  # [6, C]
+                     WrT=p.Wr.t(), WkT=p.Wk.t(), WvT=p.Wv.t(), WoT=p.Wo.t(),
+                     ffn_keyT=p.ffn_key.t(), ffn_valueT=p.ffn_value.t())
+            self._fast_layers.append([q[n] if n in q else (getattr(p, n) if getattr(p, n) is not None else none)
+                                      for n in _FAST_ORDER])
+        self._step = _script_one_token() if self._script else _one_token
 
     def forward(self, tokens: torch.Tensor, state, *, full_output: bool = False) -> torch.Tensor:
         """tokens: [B, T] int64 on the model's device; state: a ``rwkvrt.State`` with batch B, updated in place.
@@ -138,61 +151,6 @@ class RWKV7:
         return F.linear(x, self.head)
 
     __call__ = forward
-
-    def _forward_one(self, tok: torch.Tensor, state) -> torch.Tensor:
-        """One token per sequence, CPU fp32: the same arithmetic as ``forward`` with T = 1 in fewer,
-        mostly in-place ops (decode spends ~1/4 of its time in per-op dispatch otherwise).
-
-        tok: [B] int64. state: att_x / ffn_x [L, B, C] and wkv [L, B, H, N, N] fp32, updated in place.
-        Returns logits [B, V] fp32 (a new tensor).
-        """
-        cfg = self.cfg
-        C, H, N = cfg.n_embd, cfg.n_head, cfg.head_size
-        B = tok.shape[0]
-        x = self.embed(tok)  # [B, C], a fresh tensor (indexing copies): the residual stream, updated in place
-        v_first = None
-        for i, p in enumerate(self.layers):
-            # ---- time mix
-            xx = F.layer_norm(x, (C,), *p.ln1, LN_EPS)
-            prev = state.att_x[i]
-            dx = prev - xx
-            prev.copy_(xx)
-            # x + (x_prev - x) * mix for the six mixes at once: [B, 6, C]
-            xr, xw, xk, xv, xa, xg = torch.addcmul(xx.unsqueeze(1), dx.unsqueeze(1), p.mix6).unbind(1)
-            r = torch.mm(xr, p.WrT)
-            k = torch.mm(xk, p.WkT)
-            v = torch.mm(xv, p.WvT)
-            w = torch.addmm(p.w0, torch.mm(xw, p.w1).tanh_(), p.w2)
-            a = torch.addmm(p.a0, torch.mm(xa, p.a1), p.a2).sigmoid_()
-            g = torch.mm(torch.mm(xg, p.g1).sigmoid_(), p.g2)
-            if i == 0:
-                v_first = v
-            else:
-                v = torch.lerp(v, v_first, torch.addmm(p.v0, torch.mm(xv, p.v1), p.v2).sigmoid_())
-            decay = w.sigmoid_().mul_(-DECAY_SCALE).exp_()
-            kk = (k * p.k_k).view(B, H, N)
-            kk.div_(torch.linalg.vector_norm(kk, dim=-1, keepdim=True).clamp_min_(1e-12))  # F.normalize
-            k = (a - 1).mul_(p.k_a).add_(1).mul_(k)  # k * (1 + (a - 1) * k_a)
-            # WKV step on the state in place: S = S*decay + (S @ -kk) (kk*a)^T + v k^T ; y = S @ r
-            S = state.wkv[i]
-            # (matrix @ vector products as vecdot: 3x faster than matmul's bmm path for [N, N] @ [N, 1])
-            sa = torch.linalg.vecdot(S, kk.unsqueeze(2))  # [B, H, N(value)]
-            S.mul_(decay.view(B, H, 1, N))
-            S.addcmul_(sa.unsqueeze(-1), (kk * a.view(B, H, N)).unsqueeze(2), value=-1)
-            S.addcmul_(v.view(B, H, N, 1), k.view(B, H, 1, N))
-            y = torch.linalg.vecdot(S, r.view(B, H, 1, N)).view(B, C)
-            y = F.group_norm(y, H, p.ln_x[0], p.ln_x[1], eps=GROUP_NORM_EPS)
-            bonus = (r * k).view(B, H, N).mul_(p.r_k).sum(-1, keepdim=True)  # [B, H, 1]
-            y.view(B, H, N).addcmul_(bonus, v.view(B, H, N))
-            x.addmm_(y.mul_(g), p.WoT)
-            # ---- channel mix
-            xx = F.layer_norm(x, (C,), *p.ln2, LN_EPS)
-            prev = state.ffn_x[i]
-            kx = torch.addcmul(xx, prev - xx, p.ffn_x_k)
-            prev.copy_(xx)
-            x.addmm_(torch.mm(kx, p.ffn_keyT).relu_().square_(), p.ffn_valueT)
-        x = F.layer_norm(x, (C,), *self.ln_out, LN_EPS)
-        return torch.mm(x, self.headT)
 
     @staticmethod
     def _shift(x: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
@@ -225,3 +183,92 @@ class RWKV7:
         state.ffn_x[i].copy_(x[:, -1])
         k = torch.relu(F.linear(x + xx * p.ffn_x_k, p.ffn_key)) ** 2
         return F.linear(k, p.ffn_value)
+
+    def _forward_one(self, tok: torch.Tensor, state) -> torch.Tensor:
+        """One token per sequence, CPU fp32 (see ``_one_token``). tok: [B] int64; state updated in place.
+        Returns logits [B, V] fp32 (a new tensor)."""
+        x = self.embed(tok)  # [B, C], a fresh tensor (indexing copies): the residual stream, updated in place
+        return self._step(x, state.att_x, state.ffn_x, state.wkv, self._fast_layers, self.cfg.n_head,
+                          self.cfg.head_size, self._fast_out)
+
+
+# Order of each layer's tensors in the list handed to ``_one_token`` (TorchScript wants one list type).
+_FAST_ORDER = ("ln1w", "ln1b", "mix6", "WrT", "WkT", "WvT", "w0", "w1", "w2", "a0", "a1", "a2", "v0", "v1", "v2",
+               "g1", "g2", "k_k", "k_a", "r_k", "lnxw", "lnxb", "WoT", "ln2w", "ln2b", "ffn_x_k", "ffn_keyT",
+               "ffn_valueT")
+
+
+def _one_token(x: torch.Tensor, att_x: torch.Tensor, ffn_x: torch.Tensor, wkv: torch.Tensor,
+               layers: List[List[torch.Tensor]], H: int, N: int, out: List[torch.Tensor]) -> torch.Tensor:
+    """All layers and the head for one token per sequence: the arithmetic of ``RWKV7.forward`` at T = 1 in
+    fewer, mostly in-place ops (decode on CPU spends a large share of its time in per-op dispatch).
+
+    x: [B, C] fp32, the embedded token, MUTATED (the residual stream). att_x, ffn_x: [L, B, C] and
+    wkv: [L, B, H, N, N] fp32, the state, MUTATED. layers: per layer the tensors named by ``_FAST_ORDER``
+    (matrices as [in, out] views; v0/v1/v2 of layer 0 unused). out: [ln_out.weight, ln_out.bias, head [C, V]].
+    Returns logits [B, V] fp32. Written for TorchScript (it is scripted when possible), runs eagerly too.
+    """
+    B = x.size(0)
+    C = H * N
+    v_first = x
+    for i in range(len(layers)):
+        p = layers[i]
+        # ---- time mix
+        xx = F.layer_norm(x, [C], p[0], p[1], 1e-5)
+        prev = att_x[i]
+        dx = prev - xx
+        prev.copy_(xx)
+        # x + (x_prev - x) * mix, the six mixes (r, w, k, v, a, g) in one op: [B, 6, C]
+        m = torch.addcmul(xx.unsqueeze(1), dx.unsqueeze(1), p[2]).unbind(1)
+        r = torch.mm(m[0], p[3])
+        k = torch.mm(m[2], p[4])
+        v = torch.mm(m[3], p[5])
+        w = torch.addmm(p[6], torch.mm(m[1], p[7]).tanh_(), p[8])
+        a = torch.addmm(p[9], torch.mm(m[4], p[10]), p[11]).sigmoid_()
+        g = torch.mm(torch.mm(m[5], p[15]).sigmoid_(), p[16])
+        if i == 0:
+            v_first = v
+        else:
+            v = torch.lerp(v, v_first, torch.addmm(p[12], torch.mm(m[3], p[13]), p[14]).sigmoid_())
+        decay = w.sigmoid_().mul_(-0.6065306597126334).exp_()  # exp(-exp(-0.5) * sigmoid(w))
+        kk = (k * p[17]).view(B, H, N)
+        kk.div_(torch.linalg.vector_norm(kk, dim=-1, keepdim=True).clamp_min_(1e-12))  # F.normalize
+        k = (a - 1).mul_(p[18]).add_(1).mul_(k)  # k * (1 + (a - 1) * k_a)
+        # WKV step on the state in place: S = S*decay + (S @ -kk) (kk*a)^T + v k^T ; y = S @ r
+        # (matrix @ vector as vecdot: 3x faster than matmul's bmm path for [N, N] @ [N, 1])
+        S = wkv[i]
+        sa = torch.linalg.vecdot(S, kk.unsqueeze(2))  # [B, H, N(value)]
+        S.mul_(decay.view(B, H, 1, N))
+        S.addcmul_(sa.unsqueeze(-1), (kk * a.view(B, H, N)).unsqueeze(2), value=-1)
+        S.addcmul_(v.view(B, H, N, 1), k.view(B, H, 1, N))
+        y = torch.linalg.vecdot(S, r.view(B, H, 1, N)).view(B, C)
+        y = F.group_norm(y, H, p[20], p[21], 64e-5)
+        bonus = (r * k).view(B, H, N).mul_(p[19]).sum(-1, keepdim=True)  # [B, H, 1]
+        y.view(B, H, N).addcmul_(bonus, v.view(B, H, N))
+        x.addmm_(y.mul_(g), p[22])
+        # ---- channel mix
+        xx = F.layer_norm(x, [C], p[23], p[24], 1e-5)
+        prev = ffn_x[i]
+        kx = torch.addcmul(xx, prev - xx, p[25])
+        prev.copy_(xx)
+        x.addmm_(torch.mm(kx, p[26]).relu_().square_(), p[27])
+    x = F.layer_norm(x, [C], out[0], out[1], 1e-5)
+    return torch.mm(x, out[2])
+
+
+def _script_one_token():
+    """``_one_token`` as TorchScript (its interpreter dispatches each op in ~1-2 us less than Python), or
+    the eager function where scripting is unavailable."""
+    global _ONE_TOKEN
+    if _ONE_TOKEN is None:
+        try:
+            _ONE_TOKEN = torch.jit.script(_one_token)
+        except Exception as e:  # noqa: BLE001  (any scripting failure: the eager function is exact)
+            log.info("TorchScript unavailable for the CPU decode step (%s); running it eagerly", e)
+            _ONE_TOKEN = _one_token
+    return _ONE_TOKEN
+
+
+_ONE_TOKEN = None
+# the literals in _one_token (TorchScript wants them inline) are these constants
+assert DECAY_SCALE == 0.6065306597126334 and GROUP_NORM_EPS == 64e-5 and LN_EPS == 1e-5
