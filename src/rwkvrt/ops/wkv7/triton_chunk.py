@@ -30,14 +30,14 @@ where e^{G_{t-1}-G_j} > 1, are removed with ``tl.where`` (never multiplied by 0,
 a large value there cannot turn into NaN). Padded tokens past T load k=v=a=b=r=0 and
 log decay 0: they leave the state unchanged and their outputs are not stored.
 
-Cost and knobs (H100, B=1, T=512, H=32, N=64, C=32; estimates, to be measured): prep =
-512 programs of ~10 small tl.dot + a C-step forward substitution (~5-10 us each, about 4
-waves) and scan = 128 programs of T/C sequential steps ([16,64]x[64,64] dot, ~1 us each
-with the next chunk's loads prefetched): ~40-60 us per layer call in all, scratch ~4 MB.
-Knobs: ``chunk_size`` (16/32/64: the substitution costs C steps on C x C, the scan T/C
-steps), ``prep_warps`` (8: offline sm_90 compile shows 248-255 regs; no spills for tf32
-at C<=32, ~250 B/thread of spills for tf32x3 at C=32, large at C=64), ``block_v`` and
-``scan_warps`` (scan parallelism B*H*N/block_v), ``scan_stages`` (prefetch depth).
+Cost and knobs (H100, B=1, T=512, H=32, N=64, C=32, fp16; measured 107 us = prep 72 + scan
+35): prep = 512 programs of ~13 small tl.dot + a C-step substitution, 1 CTA/SM; scan = 128
+programs of T/C serial steps. Knobs: ``chunk_size`` (16/32/64), ``prep_warps``, ``block_v``
+and ``scan_warps`` (scan parallelism B*H*N/block_v), ``scan_stages`` (prefetch depth).
+Offline sm_90 compile (ptxas -v, fp16 in, tf32), registers at C=32, 8 warps [4 warps]:
+prep 190 (doubling 248) [255, spills]; wu 92 (doubling 170 [166]); out 122; scan bv16
+128; states bv16 56. C=64 spills in prep (50-200 B) and in doubling wu (0-30 B); fp32 in
+(tf32x3) raises all counts (prep spills at C=32). benchmarks/wkv7_sweep.py times them all.
 
 Optional variants (keyword arguments of ``wkv7_chunk_triton``; defaults = the above):
   * ``inverse="doubling"``: Tinv without the serial C-step loop, by recursive block
