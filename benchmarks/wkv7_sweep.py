@@ -93,6 +93,7 @@ class Timer:
         graph.replay()                            # warm-up
         us = self._median_s(graph.replay) * 1e6 / n_inner
         del graph
+        torch.cuda.empty_cache()                  # each graph pins its own pool (GBs at T=8192)
         return us
 
 
@@ -215,7 +216,8 @@ def best_table(rows) -> list[str]:
     """One line per shape: the fastest config, the fastest default-variant one, and the step kernel."""
     lines = ["", "best per shape (us_per_call; y_rel_err = max|y - y_fp32| / std):",
              f"{'B':>2} {'T':>5} {'H':>3} | {'best config':<44} {'us':>8} {'y_rel':>8} | "
-             f"{'default-variant best':<26} {'us':>8} | {'recurrent':>9}"]
+             f"{'default-variant best':<26} {'us':>8} | {'default':>8} | {'recurrent':>9}",
+             "(default = today's wkv7_chunk_triton defaults: loop/scan C32 w8 bv16, scan w4 stages 2)"]
     shapes = sorted({(r["B"], r["T"], r["H"]) for r in rows}, key=lambda s: (s[1], s[0], s[2]))
     for shp in shapes:
         ok = [r for r in rows if (r["B"], r["T"], r["H"]) == shp and "us_per_call" in r]
@@ -234,10 +236,13 @@ def best_table(rows) -> list[str]:
             return f"{r['variant']} C{r['chunk']} w{r['warps']} bv{r['block_v']}{knobs}"
 
         d = min(dflt, key=lambda r: r["us_per_call"]) if dflt else None
+        cur = [r["us_per_call"] for r in dflt if (r["chunk"], r["warps"], r["block_v"], r["scan_warps"],
+                                                   r["scan_stages"]) == (32, 8, 16, 4, 2)]
         rc = min(r["us_per_call"] for r in rec) if rec else float("nan")
         lines.append(f"{shp[0]:>2} {shp[1]:>5} {shp[2]:>3} | {name(best):<44} {best['us_per_call']:>8.1f} "
                      f"{best['y_rel_err']:>8.1e} | {name(d) if d else '-':<26} "
-                     f"{d['us_per_call'] if d else float('nan'):>8.1f} | {rc:>9.1f}")
+                     f"{d['us_per_call'] if d else float('nan'):>8.1f} | "
+                     f"{cur[0] if cur else float('nan'):>8.1f} | {rc:>9.1f}")
     return lines
 
 
