@@ -114,3 +114,13 @@ def test_tmix_lora_step_matches_reference_chained(kernel_device, has_v, dtype):
         assert rel_err(out, ref) < TOL[dtype], (t, rel_err(out, ref))
     assert rel_err(pool_t, pool_r) < TOL[dtype]
     assert torch.equal(pool_t[[1, 3]], pool0[[1, 3]])  # rows outside ``slots`` untouched
+
+
+def test_pdl_prefetch_budget_and_switch(monkeypatch):
+    pdl = pytest.importorskip("rwkvrt.ops._pdl")
+    assert pdl.prefetch_lines(2048, 2048 * 2) == 32                   # 8 MB matrix: whole rows
+    assert pdl.prefetch_lines(16384, 4096 * 2) * 16384 * 128 <= pdl.PREFETCH_BUDGET
+    assert pdl.prefetch_lines(10, 100) == 1                            # shorter than a line: one
+    assert not pdl.enabled(torch.device("cpu"))
+    monkeypatch.setenv("RWKVRT_PDL", "0")
+    assert not pdl.enabled(torch.device("cuda"))

@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import _pdl
+from .._pdl import prefetch_rows, wait_prev
 from .reference import RowGroups
 
 MAX_M = 8  # batch rows per launch; above this a GEMM (cuBLAS) wins anyway
@@ -36,10 +38,16 @@ STAGES = 3
 def grouped_gemv_kernel(x_ptr, w_ptr, out_ptr, xrow_ptr, act_ptr, M, N, sxg, sxm, som,
                         K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                         M_PAD: tl.constexpr, HAS_ACT: tl.constexpr, EVEN_N: tl.constexpr,
-                        STAGES: tl.constexpr):
-    """Grid (cdiv(N, BLOCK_N),). out[m, n] = act(sum_k xs[xrow, m, k] * W[n, k])."""
+                        STAGES: tl.constexpr, USE_PDL: tl.constexpr, PF_LINES: tl.constexpr,
+                        LINE_ELEMS: tl.constexpr):
+    """Grid (cdiv(N, BLOCK_N),). out[m, n] = act(sum_k xs[xrow, m, k] * W[n, k]).
+    USE_PDL: prefetch the first PF_LINES L2 lines of this program's rows of W, then wait for
+    the previous kernel (``rwkvrt.ops._pdl``)."""
     pid = tl.program_id(0)
     n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    if USE_PDL:
+        prefetch_rows(w_ptr, n, K, N, PF_LINES, LINE_ELEMS)
+    wait_prev(USE_PDL)
     m = tl.arange(0, M_PAD)
     kk = tl.arange(0, BLOCK_K)
     xrow = tl.load(xrow_ptr + pid).to(tl.int64)
@@ -95,9 +103,12 @@ def grouped_gemv_triton(xs: torch.Tensor, W: torch.Tensor, groups: RowGroups, ou
     assert tables is not None, "block_n must divide every group's rows"
     xrow, act = tables
     grid = (triton.cdiv(N, bn),)
+    pdl = _pdl.enabled(W.device)
+    line = _pdl.L2_LINE // W.element_size()
     grouped_gemv_kernel[grid](xs, W, out, xrow, act, M, N, xs.stride(0), xs.stride(1), out.stride(0),
                               K=K, BLOCK_N=bn, BLOCK_K=bk, M_PAD=triton.next_power_of_2(M),
                               HAS_ACT=any(groups.acts), EVEN_N=N % bn == 0,
-                              STAGES=STAGES if stages is None else stages,
-                              num_warps=NUM_WARPS if num_warps is None else num_warps)
+                              STAGES=STAGES if stages is None else stages, USE_PDL=pdl,
+                              PF_LINES=_pdl.prefetch_lines(N, K * W.element_size()), LINE_ELEMS=line,
+                              num_warps=NUM_WARPS if num_warps is None else num_warps, launch_pdl=pdl)
     return out

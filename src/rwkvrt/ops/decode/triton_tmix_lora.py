@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import _pdl
+from .._pdl import prefetch_rows, wait_prev
 from ..timemix.reference import GROUP_NORM_EPS
 from ..wkv7.reference import DECAY_SCALE
 
@@ -46,16 +48,24 @@ def tmix_lora_step_kernel(rkvh_ptr, state_ptr, slots_ptr, out_ptr, vf_ptr,
                           OFF_W: tl.constexpr, OFF_A: tl.constexpr, OFF_G: tl.constexpr,
                           OFF_V: tl.constexpr, DW: tl.constexpr, DA: tl.constexpr, DG: tl.constexpr,
                           DV: tl.constexpr, DCH: tl.constexpr, H: tl.constexpr, N: tl.constexpr,
-                          HAS_VRES: tl.constexpr):
-    """Grid (B*H,). rkvh [B, 3C + sum D] rows of stride s_rb; state [S, H, N, N] fp32 in place."""
+                          HAS_VRES: tl.constexpr, USE_PDL: tl.constexpr = False,
+                          UP_LINES: tl.constexpr = 1, LINE_ELEMS: tl.constexpr = 64):
+    """Grid (B*H,). rkvh [B, 3C + sum D] rows of stride s_rb; state [S, H, N, N] fp32 in place.
+    USE_PDL: prefetch this head's rows of the four up weights, then wait for the previous kernel."""
     pid = tl.program_id(0)
-    b = (pid // H).to(tl.int64)
     h = pid % H
-    slot = tl.load(slots_ptr + b).to(tl.int64)
     C: tl.constexpr = H * N
     i = tl.arange(0, N)            # value rows (state rows, output channels)
     j = tl.arange(0, N)            # keys (state columns)
     ch = h * N + i
+    if USE_PDL:
+        prefetch_rows(upw_ptr, ch, s_up, C, UP_LINES, LINE_ELEMS)
+        prefetch_rows(upa_ptr, ch, s_up, C, UP_LINES, LINE_ELEMS)
+        prefetch_rows(upg_ptr, ch, s_up, C, UP_LINES, LINE_ELEMS)
+        prefetch_rows(upv_ptr, ch, s_up, C, UP_LINES, LINE_ELEMS)
+    wait_prev(USE_PDL)
+    b = (pid // H).to(tl.int64)
+    slot = tl.load(slots_ptr + b).to(tl.int64)
     row = rkvh_ptr + b * s_rb
     s_ptrs = state_ptr + (slot * H + h) * (N * N) + i[:, None] * N + j[None, :]
     S = tl.load(s_ptrs)
@@ -110,6 +120,9 @@ def tmix_lora_step_triton(rkvh, state, slots, *, lora, up, w0, a0, v0, v_first, 
     (ow, dw), (oa, da), (og, dg) = lora["w"], lora["a"], lora["g"]
     ov, dv = lora["v"] if has_v else (0, DCH)
     out = torch.empty((B, C), device=rkvh.device, dtype=rkvh.dtype)
+    pdl = _pdl.enabled(rkvh.device)
+    line = _pdl.L2_LINE // ups[0].element_size()
+    up_lines = triton.next_power_of_2(max(1, -(-max(dw, da, dg, dv) // line)))
     if B == 0:
         return out
     vf = v_first if has_v else rkvh
@@ -118,5 +131,6 @@ def tmix_lora_step_triton(rkvh, state, slots, *, lora, up, w0, a0, v0, v_first, 
         rkvh, state, slots, out, vf, *ups, s_up, w0, a0, v0 if has_v else w0, k_k, k_a, r_k, ln_w, ln_b,
         rkvh.stride(0), vf.stride(0), out.stride(0), DECAY_SCALE, GROUP_NORM_EPS, L2_EPS,
         OFF_W=ow, OFF_A=oa, OFF_G=og, OFF_V=ov, DW=dw, DA=da, DG=dg, DV=dv, DCH=DCH, H=H, N=N,
-        HAS_VRES=has_v, num_warps=NUM_WARPS if num_warps is None else num_warps)
+        HAS_VRES=has_v, USE_PDL=pdl, UP_LINES=up_lines, LINE_ELEMS=line,
+        num_warps=NUM_WARPS if num_warps is None else num_warps, launch_pdl=pdl)
     return out

@@ -11,6 +11,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import _pdl
+from .._pdl import wait_prev
+
 
 @triton.jit
 def lerp_fwd_kernel(x_ptr, prev_ptr, mix_ptr, out_ptr,
@@ -93,10 +96,12 @@ def add_ln_lerp_fwd_kernel(x_ptr, res_ptr, w_ptr, b_ptr, prev_ptr, slots_ptr, mi
                            newres_ptr, T, C, BTC, stride_xb, stride_xt, stride_rb, stride_rt,
                            stride_pb, stride_m, eps,
                            HAS_ADD: tl.constexpr, HAS_SLOTS: tl.constexpr, M: tl.constexpr,
-                           BLOCK_C: tl.constexpr):
+                           BLOCK_C: tl.constexpr, USE_PDL: tl.constexpr = False):
     """Grid (B*T,): one token row. Row t recomputes row t-1's norm for its shift (no cross-
     program dependency); only row t = 0 touches x_prev: it reads the old value and then writes
-    the norm of row T-1, so the in-place state update has no race."""
+    the norm of row T-1, so the in-place state update has no race. USE_PDL: launched early
+    behind the previous kernel (``rwkvrt.ops._pdl``); waits for it before any access."""
+    wait_prev(USE_PDL)
     row = tl.program_id(0)
     b = (row // T).to(tl.int64)
     t = row % T
@@ -158,10 +163,12 @@ def add_ln_lerp_triton(x, residual, weight, bias, x_prev, mix, *, eps: float = 1
     num_warps = 4 if BLOCK_C <= 1024 else (8 if BLOCK_C <= 4096 else 16)
     if slots is not None:
         slots = slots.to(device=residual.device, dtype=torch.int64)
+    pdl = _pdl.enabled(residual.device)
     add_ln_lerp_fwd_kernel[(B * T,)](
         x_in, residual, weight.contiguous(), bias.contiguous(), x_prev,
         slots if slots is not None else x_prev, mix, out, new_res,
         T, C, B * T * C, x_in.stride(0), x_in.stride(1), residual.stride(0), residual.stride(1),
         x_prev.stride(0), mix.stride(0), float(eps),
-        HAS_ADD=x is not None, HAS_SLOTS=slots is not None, M=M, BLOCK_C=BLOCK_C, num_warps=num_warps)
+        HAS_ADD=x is not None, HAS_SLOTS=slots is not None, M=M, BLOCK_C=BLOCK_C, num_warps=num_warps,
+        USE_PDL=pdl, launch_pdl=pdl)
     return out, new_res
