@@ -267,12 +267,14 @@ def test_wkv7_sweep_smoke(kernel_device, monkeypatch, capsys):
     out = capsys.readouterr().out
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert rows[0]["kind"] == "meta"
-    ok = [r for r in rows[1:] if "us_per_call" in r]
-    failed = [r for r in rows[1:] if "error" in r]
+    rows = [r for r in rows if "impl" in r]        # (on a GPU: also "compiled" kernel lines)
+    ok = [r for r in rows if "us_per_call" in r]
+    failed = [r for r in rows if "error" in r]
     assert {r["variant"] for r in ok if r["impl"] == "chunk"} == {f"{i}/{o}" for i, o in VARIANTS}
     assert {r["chunk"] for r in failed} == {128} and all(r["chunk"] == 16 or r["impl"] == "recurrent"
                                                          for r in ok)
     assert any(r["impl"] == "recurrent" for r in ok)
-    assert all(r["y_rel_err"] < 0.05 and r["s_rel_err"] < 1e-3 for r in ok)
+    tol = TOL[torch.float16]
+    assert all(r["y_rel_err"] < tol and r["s_rel_err"] < tol for r in ok)
     assert [(r["scan_warps"], r["scan_stages"]) for r in ok if r.get("scan_stages", 2) != 2] == [(4, 1)]
     assert "best per shape" in out
