@@ -30,7 +30,7 @@ import torch
 SHAPES = [(1, 512, 32), (1, 512, 64), (1, 8192, 32), (1, 16, 32), (1, 32, 32), (1, 64, 32),
           (8, 64, 32)]
 SMOKE_SHAPES = [(2, 20, 1)]
-VARIANTS = [("loop", "scan"), ("doubling", "scan"), ("loop", "parallel"), ("doubling", "parallel")]
+VARIANTS = [(i, o) for o in ("scan", "parallel", "pairs") for i in ("loop", "doubling")]
 CHUNKS, PREP_WARPS, BLOCK_VS = (16, 32, 64), (4, 8), (16, 32)
 SCAN_WARPS, SCAN_STAGES = (2, 4, 8), (1, 2, 3)   # refine phase, first two shapes only
 

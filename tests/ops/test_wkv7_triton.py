@@ -85,7 +85,8 @@ def _chunk(variant=None):
 
 
 # (inverse, output) of wkv7_chunk_triton: the default first
-VARIANTS = [("loop", "scan"), ("doubling", "scan"), ("loop", "parallel"), ("doubling", "parallel")]
+VARIANTS = [("loop", "scan"), ("doubling", "scan"), ("loop", "parallel"), ("doubling", "parallel"),
+            ("doubling", "pairs")]
 VARIANT_IDS = ["-".join(v) for v in VARIANTS]
 
 
@@ -270,7 +271,7 @@ def test_wkv7_sweep_smoke(kernel_device, monkeypatch, capsys):
     rows = [r for r in rows if "impl" in r]        # (on a GPU: also "compiled" kernel lines)
     ok = [r for r in rows if "us_per_call" in r]
     failed = [r for r in rows if "error" in r]
-    assert {r["variant"] for r in ok if r["impl"] == "chunk"} == {f"{i}/{o}" for i, o in VARIANTS}
+    assert {r["variant"] for r in ok if r["impl"] == "chunk"} == {f"{i}/{o}" for i, o in sweep.VARIANTS}
     assert {r["chunk"] for r in failed} == {128} and all(r["chunk"] == 16 or r["impl"] == "recurrent"
                                                          for r in ok)
     assert any(r["impl"] == "recurrent" for r in ok)

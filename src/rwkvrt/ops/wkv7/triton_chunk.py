@@ -56,6 +56,9 @@ Optional variants (keyword arguments of ``wkv7_chunk_triton``; defaults = the ab
     (chunks, B*H), fully parallel) computes Y = (rG + A_rb P) S_c^T + A_rb U + A_rk V.
     The serial path loses the Y product and its loads; scratch grows by NC*N*N fp32
     per (batch, head) for the states.
+  * ``output="pairs"``: as "parallel", but the states scan takes two chunks per serial
+    product, S_{c+2} = S_c (M_c M_{c+1}) + (E_c M_{c+1} + E_{c+1}), the pair products
+    being independent of S (ILP instead of latency); S_{c+1} is stored off the chain.
 
 Imports triton: only import this module on a machine that has it.
 """
@@ -73,7 +76,7 @@ _DECAY_SCALE = tl.constexpr(0.6065306597126334)  # exp(-0.5), as reference.DECAY
 
 CHUNK = 32
 INVERSES = ("loop", "doubling")
-OUTPUTS = ("scan", "parallel")
+OUTPUTS = ("scan", "parallel", "pairs")
 # read once: the interpreter needs a while loop where compiled code wants a pipelined for
 _INTERP = os.environ.get("TRITON_INTERPRET") == "1"
 # T, NC and H are runtime values: specialising on them (==1, %16) would compile a kernel
@@ -277,9 +280,33 @@ def wkv7_chunk_wu_kernel(w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, p_ptr, u_ptr, m_ptr,
     tl.store(e_ptr + base_nn + nk, E)
 
 
+@triton.jit
+def _states_step(i, S, pid_bh, NC, nn, rk, m_ptr, e_ptr, st_ptr, N: tl.constexpr,
+                 PREC: tl.constexpr, PAIRS: tl.constexpr):
+    """Stores S_c (c = i, or 2i and 2i+1 with PAIRS); returns S_{c+1} = S_c M_c + E_c (or S_{c+2}
+    = S_c (M_c M_{c+1}) + (E_c M_{c+1} + E_{c+1}): one product on the serial path per two chunks;
+    M_c M_{c+1} does not depend on S, so it overlaps the previous step's product)."""
+    nk = nn[:, None] * N + nn[None, :]
+    c = 2 * i if PAIRS else i
+    base = (pid_bh * NC + c) * N * N
+    tl.store(st_ptr + base + rk, S)
+    M0 = tl.load(m_ptr + base + nk)
+    E0 = tl.load(e_ptr + base + rk)
+    if PAIRS:
+        has1 = c + 1 < NC                    # an odd NC ends with a single chunk: M1 = I, E1 = 0
+        keep = (rk >= 0) & has1
+        tl.store(st_ptr + base + N * N + rk, tl.dot(S, M0, acc=E0, input_precision=PREC), mask=keep)
+        M1 = tl.load(m_ptr + base + N * N + nk, mask=(nk >= 0) & has1, other=0.0)
+        M1 = tl.where((nn[:, None] == nn[None, :]) & (c + 1 >= NC), 1.0, M1)
+        E1 = tl.load(e_ptr + base + N * N + rk, mask=keep, other=0.0)
+        E0 = tl.dot(E0, M1, acc=E1, input_precision=PREC)
+        M0 = tl.dot(M0, M1, input_precision=PREC)
+    return tl.dot(S, M0, acc=E0, input_precision=PREC)
+
+
 @triton.jit(do_not_specialize=_NO_SPEC)
 def wkv7_chunk_states_kernel(m_ptr, e_ptr, s_ptr, st_ptr, NC, H, N: tl.constexpr,
-                             BLOCK_V: tl.constexpr, PREC: tl.constexpr,
+                             BLOCK_V: tl.constexpr, PREC: tl.constexpr, PAIRS: tl.constexpr,
                              INTERP: tl.constexpr, STAGES: tl.constexpr):
     """Grid (N // BLOCK_V, B*H). Stores chunk-start states St [B*H, NC, N, N] fp32 (rows of this
     program); S_{c+1} = S_c M_c + E_c; the final state is written to s_ptr in place."""
@@ -290,20 +317,15 @@ def wkv7_chunk_states_kernel(m_ptr, e_ptr, s_ptr, st_ptr, NC, H, N: tl.constexpr
     rk = rows[:, None] * N + nn[None, :]
     s_ptrs = s_ptr + pid_bh * N * N + rk
     S = tl.load(s_ptrs)                              # [BLOCK_V, K] fp32
+    steps = (NC + 1) // 2 if PAIRS else NC
     if INTERP:
-        c = 0
-        while c < NC:
-            base_nn = (pid_bh * NC + c) * N * N
-            tl.store(st_ptr + base_nn + rk, S)
-            S = tl.dot(S, tl.load(m_ptr + base_nn + nn[:, None] * N + nn[None, :]),
-                       acc=tl.load(e_ptr + base_nn + rk), input_precision=PREC)
-            c += 1
+        i = 0
+        while i < steps:
+            S = _states_step(i, S, pid_bh, NC, nn, rk, m_ptr, e_ptr, st_ptr, N, PREC, PAIRS)
+            i += 1
     else:
-        for c in tl.range(0, NC, num_stages=STAGES):
-            base_nn = (pid_bh * NC + c) * N * N
-            tl.store(st_ptr + base_nn + rk, S)
-            S = tl.dot(S, tl.load(m_ptr + base_nn + nn[:, None] * N + nn[None, :]),
-                       acc=tl.load(e_ptr + base_nn + rk), input_precision=PREC)
+        for i in tl.range(0, steps, num_stages=STAGES):
+            S = _states_step(i, S, pid_bh, NC, nn, rk, m_ptr, e_ptr, st_ptr, N, PREC, PAIRS)
     tl.store(s_ptrs, S)
 
 
@@ -357,8 +379,9 @@ def wkv7_chunk_triton(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torc
     prep_warps       : warps of the prep kernel (and of the output kernel, output="parallel").
     inverse          : "loop" (C-step forward substitution) or "doubling" (tensor-core
                        block doubling); see the module docstring.
-    output           : "scan" (Y inside the scan, two kernels) or "parallel" (states-only
-                       scan, then a parallel output kernel: three kernels).
+    output           : "scan" (Y inside the scan, two kernels), "parallel" (states-only
+                       scan, then a parallel output kernel: three kernels) or "pairs"
+                       ("parallel" whose scan steps two chunks per serial product).
     Returns y [B, T, H, N] in r's dtype and ``state``. Allocates fp32 scratch of
     2*B*H*(T_pad*N + NC*N*N) values (plus B*H*NC*N*N for output="parallel"); no host
     syncs (CUDA-graph capturable for fixed T).
@@ -392,8 +415,8 @@ def wkv7_chunk_triton(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torc
     wkv7_chunk_wu_kernel[(NC, B * H)](w, k, v, a, b, q, yc, m, e, T, NC, H, **meta,
                                        num_warps=prep_warps)
     wkv7_chunk_states_kernel[(N // bv, B * H)](m, e, state, st, NC, H, N=N, BLOCK_V=bv,
-                                                PREC=prec, INTERP=_INTERP, STAGES=scan_stages,
-                                                num_warps=scan_warps)
+                                                PREC=prec, PAIRS=output == "pairs", INTERP=_INTERP,
+                                                STAGES=scan_stages, num_warps=scan_warps)
     wkv7_chunk_out_kernel[(NC, B * H)](r, w, k, v, b, q, yc, st, y, T, NC, H, N=N, C=C,
                                         PREC=prec, num_warps=prep_warps)
     return y, state
