@@ -249,8 +249,8 @@ def best_table(rows) -> list[str]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny shapes, 1 rep (checks code paths)")
-    ap.add_argument("--budget-s", type=float, default=150.0,
-                    help="stop starting new configs after this many seconds (default 150)")
+    ap.add_argument("--budget-s", type=float, default=140.0,
+                    help="stop starting new configs after this many seconds (default 140)")
     ap.add_argument("--reps", type=int, default=None, help="timed reps per config (default 25)")
     args = ap.parse_args(argv)
 
