@@ -23,7 +23,8 @@ import triton
 import triton.language as tl
 
 L2_LINE = 128                 # bytes per prefetch (one L2 line)
-PREFETCH_BUDGET = 16 << 20    # bytes of a matrix prefetched ahead (a third of an H100's 50 MB L2)
+# bytes of a matrix prefetched ahead (a third of an H100's 50 MB L2); RWKVRT_PDL_PREFETCH_MB overrides
+PREFETCH_BUDGET = int(float(os.environ.get("RWKVRT_PDL_PREFETCH_MB", "16")) * (1 << 20))
 
 
 def enabled(device: torch.device) -> bool:
@@ -33,8 +34,12 @@ def enabled(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
 
 
-def prefetch_lines(n_rows: int, row_bytes: int, budget: int = PREFETCH_BUDGET) -> int:
-    """Lines per row to prefetch: a power of 2, at most a row, n_rows * lines * 128 <= budget."""
+def prefetch_lines(n_rows: int, row_bytes: int, budget: int | None = None) -> int:
+    """Lines per row to prefetch: a power of 2, at most a row, n_rows * lines * 128 <= budget
+    (at least one line; 0 when the budget is 0: no prefetch)."""
+    budget = PREFETCH_BUDGET if budget is None else budget
+    if budget <= 0:
+        return 0
     per_row = max(1, row_bytes // L2_LINE)
     lines = 1
     while lines * 2 <= per_row and n_rows * lines * 2 * L2_LINE <= budget:

@@ -45,7 +45,7 @@ def grouped_gemv_kernel(x_ptr, w_ptr, out_ptr, xrow_ptr, act_ptr, M, N, sxg, sxm
     the previous kernel (``rwkvrt.ops._pdl``)."""
     pid = tl.program_id(0)
     n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    if USE_PDL:
+    if USE_PDL and PF_LINES > 0:
         prefetch_rows(w_ptr, n, K, N, PF_LINES, LINE_ELEMS)
     wait_prev(USE_PDL)
     m = tl.arange(0, M_PAD)

@@ -58,7 +58,7 @@ def tmix_lora_step_kernel(rkvh_ptr, state_ptr, slots_ptr, out_ptr, vf_ptr,
     i = tl.arange(0, N)            # value rows (state rows, output channels)
     j = tl.arange(0, N)            # keys (state columns)
     ch = h * N + i
-    if USE_PDL:
+    if USE_PDL and UP_LINES > 0:
         prefetch_rows(upw_ptr, ch, s_up, C, UP_LINES, LINE_ELEMS)
         prefetch_rows(upa_ptr, ch, s_up, C, UP_LINES, LINE_ELEMS)
         prefetch_rows(upg_ptr, ch, s_up, C, UP_LINES, LINE_ELEMS)
@@ -122,7 +122,7 @@ def tmix_lora_step_triton(rkvh, state, slots, *, lora, up, w0, a0, v0, v_first, 
     out = torch.empty((B, C), device=rkvh.device, dtype=rkvh.dtype)
     pdl = _pdl.enabled(rkvh.device)
     line = _pdl.L2_LINE // ups[0].element_size()
-    up_lines = triton.next_power_of_2(max(1, -(-max(dw, da, dg, dv) // line)))
+    up_lines = triton.next_power_of_2(max(1, -(-max(dw, da, dg, dv) // line))) if _pdl.PREFETCH_BUDGET > 0 else 0
     if B == 0:
         return out
     vf = v_first if has_v else rkvh
