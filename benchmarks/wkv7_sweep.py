@@ -246,12 +246,27 @@ def best_table(rows) -> list[str]:
     return lines
 
 
+def variant_table(rows) -> list[str]:
+    """One line per shape: the best us_per_call of each (inverse, output) variant."""
+    heads = [f"{i}/{o}" for i, o in VARIANTS]
+    lines = ["", "best us_per_call per variant (any chunk / warps / block_v):",
+             f"{'B':>2} {'T':>5} {'H':>3} | " + " ".join(f"{h:>16}" for h in heads) + f" | {'recurrent':>9}"]
+    for shp in sorted({(r["B"], r["T"], r["H"]) for r in rows}, key=lambda s: (s[1], s[0], s[2])):
+        ok = [r for r in rows if (r["B"], r["T"], r["H"]) == shp and "us_per_call" in r]
+        cell = [min((r["us_per_call"] for r in ok if r["variant"] == h), default=float("nan"))
+                for h in heads + ["-/-"]]
+        lines.append(f"{shp[0]:>2} {shp[1]:>5} {shp[2]:>3} | " + " ".join(f"{c:>16.1f}" for c in cell[:-1])
+                     + f" | {cell[-1]:>9.1f}")
+    return lines
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny shapes, 1 rep (checks code paths)")
     ap.add_argument("--budget-s", type=float, default=140.0,
                     help="stop starting new configs after this many seconds (default 140)")
     ap.add_argument("--reps", type=int, default=None, help="timed reps per config (default 25)")
+    ap.add_argument("--jsonl", default=None, help="also write the JSON lines to this file")
     args = ap.parse_args(argv)
 
     cuda = torch.cuda.is_available()
@@ -270,10 +285,15 @@ def main(argv=None) -> int:
     deadline = t_start + args.budget_s
     meta = {"kind": "meta", "bench": "wkv7_sweep", "smoke": args.smoke, "reps": reps,
             "interpreter": interp, **run_meta(torch.device(device))}
-    print(json.dumps(meta), flush=True)
+    sink = open(args.jsonl, "w") if args.jsonl else None   # noqa: SIM115 -- closed below
 
     def emit(row):
-        print(json.dumps(row), flush=True)
+        line = json.dumps(row)
+        print(line, flush=True)
+        if sink:
+            sink.write(line + "\n")
+
+    emit(meta)
 
     rows = []
     for i, (B, T, H) in enumerate(shapes):
@@ -282,15 +302,23 @@ def main(argv=None) -> int:
     if cuda:
         for row in compiled_report():
             emit(row)
+    if sink:
+        sink.close()
     failed = [r for r in rows if "error" in r]
     skipped = [r for r in rows if "skipped" in r]
-    for line in best_table(rows):
+    for line in variant_table(rows) + best_table(rows):
         print(line)
     print(f"\n{len(rows)} configs, {len(failed)} failed, {len(skipped)} skipped (time budget), "
           f"{time.monotonic() - t_start:.0f} s")
+    # failures grouped by config (not by shape), so the tail of the output stays short
+    groups: dict[str, list[str]] = {}
     for r in failed:
-        print(f"failed: {r['impl']} {r['variant']} C{r['chunk']} w{r['warps']} bv{r['block_v']} "
-              f"B{r['B']} T{r['T']} H{r['H']}: {r['error']}")
+        key = f"{r['impl']} {r['variant']} C{r['chunk']} w{r['warps']} bv{r['block_v']}: {r['error'][:120]}"
+        groups.setdefault(key, []).append(f"B{r['B']}T{r['T']}H{r['H']}")
+    for key, where in groups.items():
+        print(f"failed: {key} [{len(where)} shapes: {' '.join(where[:3])}{' ...' if len(where) > 3 else ''}]")
+    if skipped:
+        print("skipped shapes: " + " ".join(sorted({f"B{r['B']}T{r['T']}H{r['H']}" for r in skipped})))
     return 0
 
 
