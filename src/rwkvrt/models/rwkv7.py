@@ -52,6 +52,7 @@ class RWKV7:
 
     SHORT_T = 4
     _script = True  # run the one-token CPU step as TorchScript (False: the same function, eagerly)
+    one_thread = True  # run that step on one intra-op thread (see _forward_one)
 
     def __init__(self, cfg: RWKV7Config, sd: dict[str, torch.Tensor], *, device="cpu",
                  dtype: torch.dtype = torch.float32, backend: str = "auto", fold_ln0: bool = True):
@@ -188,8 +189,15 @@ class RWKV7:
         """One token per sequence, CPU fp32 (see ``_one_token``). tok: [B] int64; state updated in place.
         Returns logits [B, V] fp32 (a new tensor)."""
         x = self.embed(tok)  # [B, C], a fresh tensor (indexing copies): the residual stream, updated in place
-        return self._step(x, state.att_x, state.ffn_x, state.wkv, self._fast_layers, self.cfg.n_head,
-                          self.cfg.head_size, self._fast_out)
+        n = torch.get_num_threads() if self.one_thread else 1
+        if n > 1:
+            torch.set_num_threads(1)
+        try:
+            return self._step(x, state.att_x, state.ffn_x, state.wkv, self._fast_layers, self.cfg.n_head,
+                              self.cfg.head_size, self._fast_out)
+        finally:
+            if n > 1:
+                torch.set_num_threads(n)
 
 
 # Order of each layer's tensors in the list handed to ``_one_token`` (TorchScript wants one list type).
