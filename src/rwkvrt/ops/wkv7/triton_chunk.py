@@ -102,7 +102,7 @@ def _chunk_inverse(aG, bI, tt, C: tl.constexpr, LOG2C: tl.constexpr, DOUBLING: t
         # transposed, as the loop below (aG as the B operand: the layouts, and registers, of
         # the surrounding code then stay as in the loop variant)
         LT = tl.where(tt[:, None] < tt[None, :], tl.dot(bI, tl.trans(aG), input_precision=PREC), 0.0)
-        for lvl in range(LOG2C):   # a real loop: keeps later loads from being hoisted into it
+        for lvl in range(LOG2C):   # a loop, not unrolled: smaller code, same registers
             # T_2s = T_s + T_s Lo T_s, Lo = the (2s-block, different s-block) entries of L;
             # transposed: T_2s^T = T_s^T + T_s^T Lo^T T_s^T
             lo = ((tt[:, None] >> (lvl + 1)) == (tt[None, :] >> (lvl + 1))) & \
