@@ -118,7 +118,8 @@ def test_tmix_lora_step_matches_reference_chained(kernel_device, has_v, dtype):
 
 def test_pdl_prefetch_budget_and_switch(monkeypatch):
     pdl = pytest.importorskip("rwkvrt.ops._pdl")
-    assert pdl.prefetch_lines(2048, 2048 * 2) == 32                   # 8 MB matrix: whole rows
+    assert pdl.prefetch_lines(2048, 2048 * 2, 16 << 20) == 32         # 8 MB matrix, 16 MB budget: whole rows
+    assert pdl.prefetch_lines(2048, 2048 * 2, 4 << 20) == 16 and pdl.prefetch_lines(8, 4096, 0) == 0
     assert pdl.prefetch_lines(16384, 4096 * 2) * 16384 * 128 <= pdl.PREFETCH_BUDGET
     assert pdl.prefetch_lines(10, 100) == 1                            # shorter than a line: one
     assert not pdl.enabled(torch.device("cpu"))

@@ -38,6 +38,11 @@ from ..ops.decode import ACT_RELU2, ACT_SIGMOID, ACT_TANH, RowGroups
 from .config import RWKV7Config
 
 LN_EPS = 1e-5
+# Programmatic dependent launch for the decode / LayerNorm kernels up to this width. H100, decode
+# b1 tok/s without -> with: 0.1B (768) 1,879 -> 2,306; 1.5B (2048) 594 -> 617; 7.2B (4096)
+# 176 -> 170 (slower with or without the L2 prefetch): small layers gain the hidden launch and
+# ramp of each kernel, wide ones lose a little (docs/perf.md).
+PDL_MAX_EMBD = 2048
 # Order of the six lerp rows produced by add_ln_lerp. r, k, v first so that xs[0:3] feeds the
 # stacked r/k/v product, and v, a, w, g contiguous so that xs[2:6] feeds the stacked LoRA-down
 # product (xs[3:6] in layer 0, which has no value-residual LoRA); w and g adjacent so that
@@ -90,7 +95,8 @@ class RWKV7Fast:
     decode_fused: run single-token steps of up to ``decode_max_batch`` sequences through the
         decode ops (``rwkvrt.ops.decode``: 7 launches per layer, Triton GEMVs with fused
         activations, LoRA-up inside the time-mix kernel). None = on when the backend is triton.
-        Needs fold_lora_act off.
+        Needs fold_lora_act off. decode_max_batch 4: H100 decode tok/s general -> decode ops,
+        1.5B: b2 942 -> 1,110, b4 1,879 -> 2,044, b8 3,689 -> 2,624 (GEMM wins from 8 rows).
     """
 
     SHORT_T = 4  # reference core: the fp32 loop up to this T, the chunked wkv above
@@ -98,7 +104,7 @@ class RWKV7Fast:
     def __init__(self, cfg: RWKV7Config, sd: dict[str, torch.Tensor], *, device="cpu",
                  dtype: torch.dtype = torch.float16, backend: str = "auto", rkv_bmm: bool = True,
                  prefill_chunk: int = 2048, fold_lora_act: bool = False,
-                 decode_fused: bool | None = None, decode_max_batch: int = 1):
+                 decode_fused: bool | None = None, decode_max_batch: int = 4):
         self.cfg, self.device, self.dtype = cfg, torch.device(device), dtype
         self.backend, self.rkv_bmm, self.prefill_chunk = backend, rkv_bmm, int(prefill_chunk)
         self.fold_lora_act = fold_lora_act
@@ -108,6 +114,7 @@ class RWKV7Fast:
             decode_fused = self.ops.gemv is not decode_ops.grouped_gemv_reference and not fold_lora_act
         assert not (decode_fused and fold_lora_act), "decode_fused needs fold_lora_act off"
         self.decode_fused, self.decode_max_batch = bool(decode_fused), int(decode_max_batch)
+        self.pdl = cfg.n_embd <= PDL_MAX_EMBD
         C = cfg.n_embd
         with torch.no_grad():
             f32 = lambda n: sd[n].to(self.device, torch.float32)  # noqa: E731
@@ -236,10 +243,10 @@ class RWKV7Fast:
         v_first = None
         for i, p in enumerate(self.layers):
             xs, res = self.ops.shift.add_ln_lerp(x, res, p.ln1[0], p.ln1[1], state.att_x[i], p.mix6,
-                                                 eps=LN_EPS, slots=slots)
+                                                 eps=LN_EPS, slots=slots, pdl=self.pdl)
             att, v_first = self._time_mix(i, p, xs, state, slots, v_first)
             xk, res = self.ops.shift.add_ln_lerp(att, res, p.ln2[0], p.ln2[1], state.ffn_x[i], p.ffn_mix,
-                                                 eps=LN_EPS, slots=slots)
+                                                 eps=LN_EPS, slots=slots, pdl=self.pdl)
             h = self.ops.relu_sq(F.linear(xk[0], p.ffn_key))
             x = F.linear(h, p.ffn_value)
         if not full_output:
@@ -259,22 +266,23 @@ class RWKV7Fast:
         B = tokens.shape[0]
         C = self.cfg.n_embd
         dev, dt = self.device, self.dtype
-        gemv, new = self.ops.gemv, lambda n: torch.empty(B, n, device=dev, dtype=dt)  # noqa: E731
+        new = lambda n: torch.empty(B, n, device=dev, dtype=dt)  # noqa: E731
+        gemv = lambda *a: self.ops.gemv(*a, pdl=self.pdl)  # noqa: E731
         x = self.emb[tokens]  # [B, 1, C]
         res = torch.zeros(B, 1, C, device=dev, dtype=torch.float32)
         v_first = None
         for i, p in enumerate(self.layers):
             xs, res = self.ops.shift.add_ln_lerp(x, res, p.ln1[0], p.ln1[1], state.att_x[i], p.mix6,
-                                                 eps=LN_EPS, slots=slots)
+                                                 eps=LN_EPS, slots=slots, pdl=self.pdl)
             rkvh = gemv(xs.view(6, B, C), p.W_in, p.in_groups, new(p.W_in.shape[0]))
             if i == 0:
                 v_first = rkvh[:, 2 * C:3 * C]
             out = self.ops.tmix_lora(rkvh, state.wkv[i], slots, lora=p.lora_cols, up=p.up_views, w0=p.w0, a0=p.a0,
                                      v0=p.v0, v_first=v_first if i else None, k_k=p.k_k, k_a=p.k_a, r_k=p.r_k,
-                                     ln_w=p.ln_x[0], ln_b=p.ln_x[1])
+                                     ln_w=p.ln_x[0], ln_b=p.ln_x[1], pdl=self.pdl)
             att = gemv(out.view(1, B, C), p.Wo, p.o_groups, new(C))
             xk, res = self.ops.shift.add_ln_lerp(att.view(B, 1, C), res, p.ln2[0], p.ln2[1], state.ffn_x[i],
-                                                 p.ffn_mix, eps=LN_EPS, slots=slots)
+                                                 p.ffn_mix, eps=LN_EPS, slots=slots, pdl=self.pdl)
             h = gemv(xk.view(1, B, C), p.ffn_key, p.key_groups, new(p.ffn_key.shape[0]))
             x = gemv(h.view(1, B, -1), p.ffn_value, p.o_groups, new(C)).view(B, 1, C)
         xn, _ = self.ops.norm.add_layer_norm(x, res, self.ln_out[0], self.ln_out[1], LN_EPS)

@@ -15,6 +15,8 @@ activations, ``tmix_lora_step``, Wo, add_ln_lerp, ffn key with relu^2, ffn value
              ACT_TANH, ACT_SIGMOID)
     out    : [M, N] (any float dtype; e.g. fp32 for logits) WRITTEN and returned:
              out[m, rows of group i] = act_i(xs[xrow_i, m] @ W[rows of group i].T)
+    pdl    : (keyword, both ops) programmatic dependent launch (``rwkvrt.ops._pdl``): None =
+             the device default, False = off; the references ignore it
 
     out = tmix_lora_step(rkvh, state, slots, *, lora, up, w0, a0, v0, v_first, k_k, k_a, r_k, ln_w, ln_b)
 

@@ -65,7 +65,8 @@ def apply_act(y: torch.Tensor, act: int) -> torch.Tensor:
     return y
 
 
-def grouped_gemv_reference(xs: torch.Tensor, W: torch.Tensor, groups: RowGroups, out: torch.Tensor) -> torch.Tensor:
+def grouped_gemv_reference(xs: torch.Tensor, W: torch.Tensor, groups: RowGroups, out: torch.Tensor, *,
+                           pdl=None) -> torch.Tensor:
     """See ``rwkvrt.ops.decode``. Products in fp32 (the kernels accumulate in fp32 too)."""
     assert W.shape[0] == groups.n_rows and xs.shape[-1] == W.shape[1]
     for lo, hi, xrow, act in groups.bounds():
@@ -80,7 +81,8 @@ def lora_up(rkvh: torch.Tensor, lora: dict, up: dict, name: str) -> torch.Tensor
     return rkvh[:, off:off + d].float() @ up[name].float().t()
 
 
-def tmix_lora_step_reference(rkvh, state, slots, *, lora, up, w0, a0, v0, v_first, k_k, k_a, r_k, ln_w, ln_b):
+def tmix_lora_step_reference(rkvh, state, slots, *, lora, up, w0, a0, v0, v_first, k_k, k_a, r_k, ln_w, ln_b,
+                             pdl=None):
     """See ``rwkvrt.ops.decode``: the LoRA up-projections in fp32, then the reference time-mix core."""
     H, N = r_k.shape
     C = H * N

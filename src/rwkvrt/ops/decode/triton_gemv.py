@@ -88,7 +88,7 @@ def pick_blocks(N: int, K: int, groups: RowGroups) -> tuple[int, int]:
 
 def grouped_gemv_triton(xs: torch.Tensor, W: torch.Tensor, groups: RowGroups, out: torch.Tensor, *,
                         block_n: int | None = None, block_k: int | None = None,
-                        num_warps: int | None = None, stages: int | None = None) -> torch.Tensor:
+                        num_warps: int | None = None, stages: int | None = None, pdl: bool | None = None) -> torch.Tensor:
     """See ``rwkvrt.ops.decode``. The keyword knobs override ``pick_blocks`` / the module defaults."""
     G, M, K = xs.shape
     N = W.shape[0]
@@ -103,7 +103,7 @@ def grouped_gemv_triton(xs: torch.Tensor, W: torch.Tensor, groups: RowGroups, ou
     assert tables is not None, "block_n must divide every group's rows"
     xrow, act = tables
     grid = (triton.cdiv(N, bn),)
-    pdl = _pdl.enabled(W.device)
+    pdl = _pdl.enabled(W.device) if pdl is None else pdl and _pdl.enabled(W.device)
     line = _pdl.L2_LINE // W.element_size()
     grouped_gemv_kernel[grid](xs, W, out, xrow, act, M, N, xs.stride(0), xs.stride(1), out.stride(0),
                               K=K, BLOCK_N=bn, BLOCK_K=bk, M_PAD=triton.next_power_of_2(M),

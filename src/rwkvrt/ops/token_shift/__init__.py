@@ -14,7 +14,7 @@
 
 The block-level fusion (residual add + LayerNorm + token shift + state update, one launch):
 
-    xs, new_res = add_ln_lerp(x, residual, weight, bias, x_prev, mix, *, eps=1e-5, slots=None)
+    xs, new_res = add_ln_lerp(x, residual, weight, bias, x_prev, mix, *, eps=1e-5, slots=None, pdl=None)
 
     x        : [B, T, C] activation dtype (the branch output to add), or None (no add:
                ``residual`` is the stream itself and is returned as new_res), not mutated
@@ -25,6 +25,8 @@ The block-level fusion (residual add + LayerNorm + token shift + state update, o
                token 0 and then UPDATED IN PLACE to the normed input of token T-1
     mix      : [M, C] or [C] (M = 1)
     slots    : [B] integer tensor or None
+    pdl      : launch with programmatic dependent launch (``rwkvrt.ops._pdl``); None = the
+               device default; ignored by the reference
     new_res  = x + residual in residual's dtype (new tensor; ``residual`` itself if x is None)
     xn       = LayerNorm(new_res) in fp32, rounded to the activation dtype (x's, or residual's
                when x is None): exactly what add_layer_norm / layer_norm return

@@ -23,7 +23,7 @@ def lerp1_reference(x: torch.Tensor, x_prev: torch.Tensor, mix: torch.Tensor):
     return _lerp(x, x_prev, mix.reshape(1, -1))[0], x[:, -1]
 
 
-def add_ln_lerp_reference(x, residual, weight, bias, x_prev, mix, *, eps: float = 1e-5, slots=None):
+def add_ln_lerp_reference(x, residual, weight, bias, x_prev, mix, *, eps: float = 1e-5, slots=None, pdl=None):
     """See ``rwkvrt.ops.token_shift``: (xs [M,B,T,C], new_residual [B,T,C]); x_prev rows updated in place."""
     from ..norm.reference import add_layer_norm_reference, layer_norm_reference
 

@@ -137,7 +137,7 @@ def add_ln_lerp_fwd_kernel(x_ptr, res_ptr, w_ptr, b_ptr, prev_ptr, slots_ptr, mi
         tl.store(out_row + i * BTC + offs, (xn + xx * mix).to(ty), mask=mask)
 
 
-def add_ln_lerp_triton(x, residual, weight, bias, x_prev, mix, *, eps: float = 1e-5, slots=None):
+def add_ln_lerp_triton(x, residual, weight, bias, x_prev, mix, *, eps: float = 1e-5, slots=None, pdl=None):
     """(xs [M,B,T,C] new, new_residual [B,T,C]); x_prev rows updated in place. See the package doc."""
     B, T, C = residual.shape
     mix = mix.reshape(-1, C)
@@ -163,7 +163,7 @@ def add_ln_lerp_triton(x, residual, weight, bias, x_prev, mix, *, eps: float = 1
     num_warps = 4 if BLOCK_C <= 1024 else (8 if BLOCK_C <= 4096 else 16)
     if slots is not None:
         slots = slots.to(device=residual.device, dtype=torch.int64)
-    pdl = _pdl.enabled(residual.device)
+    pdl = _pdl.enabled(residual.device) if pdl is None else pdl and _pdl.enabled(residual.device)
     add_ln_lerp_fwd_kernel[(B * T,)](
         x_in, residual, weight.contiguous(), bias.contiguous(), x_prev,
         slots if slots is not None else x_prev, mix, out, new_res,
