@@ -2,10 +2,14 @@
 
 Random-weight checkpoints at real shapes (speed does not depend on the values), written in
 the official .pth format so both runtimes load the very same file. One JSON line per result.
+Runtimes: rwkvrt-fp32 / rwkvrt-bf16, official-fp32 / official-bf16, and rwkvrt-plain-fp32 (rwkvrt
+with the one-token CPU fast path switched off: the T-generic path, for before/after comparisons).
 
     python benchmarks/bench_cpu.py                       # small + 0.1B, all runtimes
     python benchmarks/bench_cpu.py --shapes 0.1B --runtimes rwkvrt-fp32 --decode 64
     python benchmarks/bench_cpu.py --gemv                # weight-layout microbenchmark
+    python benchmarks/bench_cpu.py --ab --runtimes rwkvrt-fp32,rwkvrt-plain-fp32,official-fp32
+                                                         # decode, interleaved windows in one process
 
 decode  = one token per forward call with the state carried (the chat / generation loop),
 prefill = one forward call over a prompt of --prefill tokens from a zero state.
@@ -52,8 +56,10 @@ class Runner:
         if runtime.startswith("rwkvrt"):
             import rwkvrt
 
-            dt = runtime.split("-")[1]
+            dt = runtime.split("-")[-1]
             self.m = rwkvrt.load(str(path), f"cpu {dt}")
+            if "-plain-" in runtime:
+                self.m.net._fast = False
             self.zero = lambda: self.m.zero_state(1)  # noqa: E731
             self.step = lambda tok, s: self.m.forward([tok], s)  # noqa: E731
             self.seq = lambda toks, s: self.m.forward(toks, s)  # noqa: E731
@@ -99,6 +105,30 @@ class Runner:
         return statistics.median(rates), max(rates)
 
 
+def decode_ab(runners: list[Runner], n: int, warmup: int, vocab: int, windows: int) -> dict[str, tuple]:
+    """Decode windows taken in turn over all runtimes (runtime 1 window 1, runtime 2 window 1, ...), so
+    load from other processes on a shared machine hits them alike. Returns runtime -> (median, best) tok/s."""
+    g = torch.Generator().manual_seed(1)
+    toks = torch.randint(0, vocab, (n * windows + warmup,), generator=g).tolist()
+    rates: dict[str, list[float]] = {r.runtime: [] for r in runners}
+    with torch.inference_mode():
+        states = {}
+        for r in runners:
+            _, s = r.step(toks[0], r.zero())
+            for t in toks[1:warmup]:
+                _, s = r.step(t, s)
+            states[r.runtime] = s
+        for w in range(windows):
+            for r in runners:
+                s = states[r.runtime]
+                t0 = time.perf_counter()
+                for t in toks[warmup + w * n: warmup + (w + 1) * n]:
+                    _, s = r.step(t, s)
+                rates[r.runtime].append(n / (time.perf_counter() - t0))
+                states[r.runtime] = s
+    return {k: (statistics.median(v), max(v)) for k, v in rates.items()}
+
+
 def gemv_layouts(threads: int) -> None:
     """T = 1 matrix-vector time of the 0.1B shapes in both weight layouts, out of cache
     (cycles through more matrices than the L3 holds). One JSON line per shape."""
@@ -135,6 +165,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ckpt-dir", default=None, help="where to write/cache the random checkpoints")
+    ap.add_argument("--ab", action="store_true",
+                    help="decode only, windows interleaved over the runtimes in one process")
     ap.add_argument("--gemv", action="store_true",
                     help="only time fp32 T=1 matmuls in [out,in] vs [in,out] weight layout")
     args = ap.parse_args(argv)
@@ -150,6 +182,16 @@ def main(argv=None) -> int:
     for shape in args.shapes.split(","):
         path = make_ckpt(shape, root)
         L, C, V = SHAPES[shape]
+        if args.ab:
+            runners = [Runner(rt, path) for rt in args.runtimes.split(",")]
+            res = decode_ab(runners, args.decode, args.warmup, V, args.windows)
+            for rt, (med, best) in res.items():
+                print(json.dumps({**base, "shape": shape, "n_layer": L, "n_embd": C, "vocab": V, "runtime": rt,
+                                  "mode": "decode-ab", "tokens": args.decode * args.windows,
+                                  "tokens_per_s": round(med, 2), "loadavg_1m": round(os.getloadavg()[0], 2),
+                                  "best_tokens_per_s": round(best, 2)}), flush=True)
+            del runners
+            continue
         for rt in args.runtimes.split(","):
             runner = Runner(rt, path)
             for mode in args.modes.split(","):
