@@ -267,6 +267,10 @@ def main(argv=None) -> int:
                     help="stop starting new configs after this many seconds (default 140)")
     ap.add_argument("--reps", type=int, default=None, help="timed reps per config (default 25)")
     ap.add_argument("--jsonl", default=None, help="also write the JSON lines to this file")
+    ap.add_argument("--shapes", default=None,
+                    help="comma-separated BxTxH to run instead of the default list, e.g. 1x512x32")
+    ap.add_argument("--variants", default=None,
+                    help="comma-separated inverse/output to keep, e.g. loop/scan,doubling/pairs")
     args = ap.parse_args(argv)
 
     cuda = torch.cuda.is_available()
@@ -280,6 +284,11 @@ def main(argv=None) -> int:
 
     reps = args.reps or (1 if args.smoke else 25)
     shapes, N = (SMOKE_SHAPES, 32) if args.smoke else (SHAPES, 64)   # smoke: N 32 keeps bv 32
+    if args.shapes:
+        shapes = [tuple(int(x) for x in sh.split("x")) for sh in args.shapes.split(",")]
+    if args.variants:
+        global VARIANTS
+        VARIANTS = [tuple(v.split("/")) for v in args.variants.split(",")]
     dtype = torch.float16
     t_start = time.monotonic()
     deadline = t_start + args.budget_s
