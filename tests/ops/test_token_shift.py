@@ -100,15 +100,16 @@ def _block_data(B, T, C, dtype, res_dtype, device, seed=0):
 @pytest.mark.parametrize("T", [1, 2, 17])
 @pytest.mark.parametrize("add,use_slots,M", [(True, True, 6), (False, False, 6), (True, False, 1)],
                          ids=["add-slots-6", "noadd-6", "add-1"])
-def test_add_ln_lerp_triton_matches_reference(kernel_device, B, T, add, use_slots, M):
+@pytest.mark.parametrize("C", [96, 1100], ids=["C96", "C1100-split"])  # 1100: rows stored by 3 programs
+def test_add_ln_lerp_triton_matches_reference(kernel_device, B, T, add, use_slots, M, C):
     lerp = _lerp()
-    x, res, w, b, pool, mix = _block_data(B, T, 96, torch.float32, torch.float32, kernel_device, seed=T * B)
+    x, res, w, b, pool, mix = _block_data(B, T, C, torch.float32, torch.float32, kernel_device, seed=T * B)
     slots = torch.tensor([3, 0, 4][:B], device=kernel_device) if use_slots else None
     mix = mix[:M]
     pool_ref = pool.clone()
     xs_ref, res_ref = token_shift.add_ln_lerp_reference(x if add else None, res, w, b, pool_ref, mix, slots=slots)
     xs, new_res = lerp.add_ln_lerp_triton(x if add else None, res, w, b, pool, mix, slots=slots)
-    assert xs.shape == (M, B, T, 96) and xs.dtype == torch.float32
+    assert xs.shape == (M, B, T, C) and xs.dtype == torch.float32
     assert torch.equal(new_res, res_ref) and (add or new_res is res)
     torch.testing.assert_close(xs, xs_ref, rtol=1e-5, atol=1e-5)
     # the updated rows and the untouched ones
@@ -155,6 +156,9 @@ def test_add_ln_lerp_kernel_compiles_for_sm90_without_spills(C, num_warps):
 @pytest.mark.gpu
 def test_token_shift_outputs_fully_written(kernel_device, nan_empty):
     lerp = _lerp()
+    x, res, w, b, pool, mix = _block_data(1, 1, 1100, torch.float32, torch.float32, kernel_device, seed=9)
+    xs, new_res = lerp.add_ln_lerp_triton(x, res, w, b, pool, mix)  # the split (decode) path
+    assert torch.isfinite(xs).all() and torch.isfinite(new_res).all()
     x, res, w, b, pool, mix = _block_data(3, 7, 160, torch.float32, torch.float32, kernel_device, seed=8)
     assert torch.isfinite(lerp.lerp6_triton(x, pool[:3], mix)[0]).all()
     assert torch.isfinite(lerp.lerp1_triton(x, pool[:3], mix[0])[0]).all()

@@ -14,6 +14,9 @@ import triton.language as tl
 from .. import _pdl
 from .._pdl import wait_prev
 
+# channels stored per program of add_ln_lerp when a call has few rows (decode); untuned
+DECODE_SLICE = 512
+
 
 @triton.jit
 def lerp_fwd_kernel(x_ptr, prev_ptr, mix_ptr, out_ptr,
@@ -75,7 +78,7 @@ def lerp1_triton(x: torch.Tensor, x_prev: torch.Tensor, mix: torch.Tensor):
 
 
 @triton.jit
-def _add_ln_row(x_ptr, res_ptr, w, b, newres_ptr, row_x, row_r, offs, mask, C, eps,
+def _add_ln_row(x_ptr, res_ptr, w, b, newres_ptr, row_x, row_r, offs, mask, smask, C, eps,
                 HAS_ADD: tl.constexpr, STORE: tl.constexpr):
     """LayerNorm of one row of (x + residual) as stored in residual's dtype; fp32 result."""
     h = tl.load(res_ptr + row_r + offs, mask=mask, other=0.0).to(tl.float32)
@@ -83,7 +86,7 @@ def _add_ln_row(x_ptr, res_ptr, w, b, newres_ptr, row_x, row_r, offs, mask, C, e
         h += tl.load(x_ptr + row_x + offs, mask=mask, other=0.0).to(tl.float32)
         h_st = h.to(newres_ptr.dtype.element_ty)
         if STORE:
-            tl.store(newres_ptr + row_r + offs, h_st, mask=mask)
+            tl.store(newres_ptr + row_r + offs, h_st, mask=smask)
         h = h_st.to(tl.float32)
     mean = tl.sum(h, axis=0) / C
     d = tl.where(mask, h - mean, 0.0)
@@ -96,8 +99,9 @@ def add_ln_lerp_fwd_kernel(x_ptr, res_ptr, w_ptr, b_ptr, prev_ptr, slots_ptr, mi
                            newres_ptr, T, C, BTC, stride_xb, stride_xt, stride_rb, stride_rt,
                            stride_pb, stride_m, eps,
                            HAS_ADD: tl.constexpr, HAS_SLOTS: tl.constexpr, M: tl.constexpr,
-                           BLOCK_C: tl.constexpr, USE_PDL: tl.constexpr = False):
-    """Grid (B*T,): one token row. Row t recomputes row t-1's norm for its shift (no cross-
+                           BLOCK_C: tl.constexpr, USE_PDL: tl.constexpr = False,
+                           SLICE: tl.constexpr = 16384):
+    """Grid (B*T, cdiv(C, SLICE)): one token row, channels [SLICE*pid1, SLICE*(pid1+1)) stored. Row t recomputes row t-1's norm for its shift (no cross-
     program dependency); only row t = 0 touches x_prev: it reads the old value and then writes
     the norm of row T-1, so the in-place state update has no race. USE_PDL: launched early
     behind the previous kernel (``rwkvrt.ops._pdl``); waits for it before any access."""
@@ -107,13 +111,16 @@ def add_ln_lerp_fwd_kernel(x_ptr, res_ptr, w_ptr, b_ptr, prev_ptr, slots_ptr, mi
     t = row % T
     offs = tl.arange(0, BLOCK_C)
     mask = offs < C
+    # this program stores channels [lo, lo + SLICE) only (stats always use the whole row)
+    lo = tl.program_id(1) * SLICE
+    smask = mask & (offs >= lo) & (offs < lo + SLICE)
     w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     bb = tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     ty = out_ptr.dtype.element_ty
     row_x = b * stride_xb + t * stride_xt
     row_r = b * stride_rb + t * stride_rt
     # the normed input, rounded to the activation dtype as the unfused ops would store it
-    xn = _add_ln_row(x_ptr, res_ptr, w, bb, newres_ptr, row_x, row_r, offs, mask, C, eps,
+    xn = _add_ln_row(x_ptr, res_ptr, w, bb, newres_ptr, row_x, row_r, offs, mask, smask, C, eps,
                      HAS_ADD, True).to(ty).to(tl.float32)
     if HAS_SLOTS:
         slot = tl.load(slots_ptr + b).to(tl.int64)
@@ -121,20 +128,21 @@ def add_ln_lerp_fwd_kernel(x_ptr, res_ptr, w_ptr, b_ptr, prev_ptr, slots_ptr, mi
         slot = b
     if t > 0:
         shifted = _add_ln_row(x_ptr, res_ptr, w, bb, newres_ptr, row_x - stride_xt, row_r - stride_rt,
-                              offs, mask, C, eps, HAS_ADD, False).to(ty).to(tl.float32)
+                              offs, mask, smask, C, eps, HAS_ADD, False).to(ty).to(tl.float32)
     else:
-        shifted = tl.load(prev_ptr + slot * stride_pb + offs, mask=mask, other=0.0).to(ty).to(tl.float32)
+        # only this program's slice of x_prev is read and then written: no race between programs
+        shifted = tl.load(prev_ptr + slot * stride_pb + offs, mask=smask, other=0.0).to(ty).to(tl.float32)
         last = xn
         if T > 1:
             last = _add_ln_row(x_ptr, res_ptr, w, bb, newres_ptr, row_x + (T - 1) * stride_xt,
-                               row_r + (T - 1) * stride_rt, offs, mask, C, eps, HAS_ADD, False)
+                               row_r + (T - 1) * stride_rt, offs, mask, smask, C, eps, HAS_ADD, False)
             last = last.to(ty).to(tl.float32)
-        tl.store(prev_ptr + slot * stride_pb + offs, last.to(prev_ptr.dtype.element_ty), mask=mask)
+        tl.store(prev_ptr + slot * stride_pb + offs, last.to(prev_ptr.dtype.element_ty), mask=smask)
     xx = shifted - xn
     out_row = out_ptr + row.to(tl.int64) * C
     for i in tl.static_range(M):
-        mix = tl.load(mix_ptr + i * stride_m + offs, mask=mask, other=0.0).to(tl.float32)
-        tl.store(out_row + i * BTC + offs, (xn + xx * mix).to(ty), mask=mask)
+        mix = tl.load(mix_ptr + i * stride_m + offs, mask=smask, other=0.0).to(tl.float32)
+        tl.store(out_row + i * BTC + offs, (xn + xx * mix).to(ty), mask=smask)
 
 
 def add_ln_lerp_triton(x, residual, weight, bias, x_prev, mix, *, eps: float = 1e-5, slots=None, pdl=None):
@@ -164,11 +172,14 @@ def add_ln_lerp_triton(x, residual, weight, bias, x_prev, mix, *, eps: float = 1
     if slots is not None:
         slots = slots.to(device=residual.device, dtype=torch.int64)
     pdl = _pdl.enabled(residual.device) if pdl is None else pdl and _pdl.enabled(residual.device)
-    add_ln_lerp_fwd_kernel[(B * T,)](
+    # few rows (decode): split each row's stores over several programs (each recomputes the
+    # row statistics from L2) so one SM does not serialise the whole row's output
+    slice_c = BLOCK_C if B * T >= 64 else min(BLOCK_C, DECODE_SLICE)
+    add_ln_lerp_fwd_kernel[(B * T, triton.cdiv(C, slice_c))](
         x_in, residual, weight.contiguous(), bias.contiguous(), x_prev,
         slots if slots is not None else x_prev, mix, out, new_res,
         T, C, B * T * C, x_in.stride(0), x_in.stride(1), residual.stride(0), residual.stride(1),
         x_prev.stride(0), mix.stride(0), float(eps),
         HAS_ADD=x is not None, HAS_SLOTS=slots is not None, M=M, BLOCK_C=BLOCK_C, num_warps=num_warps,
-        USE_PDL=pdl, launch_pdl=pdl)
+        USE_PDL=pdl, SLICE=slice_c, launch_pdl=pdl)
     return out, new_res
