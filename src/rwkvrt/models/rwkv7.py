@@ -4,6 +4,10 @@ GPT mode (T > 1) and RNN mode (T == 1) are one code path: everything but the WKV
 recurrence batches over time, and the recurrence is an op with interchangeable
 implementations (``rwkvrt.ops.wkv7``). Weights keep the official key names and
 shapes, so a model built on tensors that require grad is trainable as is.
+
+One exception, for speed: on CPU in fp32 (inference weights), T == 1 runs ``_one_token``, the
+same arithmetic in fewer in-place ops as one TorchScript function (docs/perf_cpu.md; its parity
+with the generic path is tests/models/test_cpu_fastpath.py).
 """
 from __future__ import annotations
 
@@ -189,6 +193,10 @@ class RWKV7:
         """One token per sequence, CPU fp32 (see ``_one_token``). tok: [B] int64; state updated in place.
         Returns logits [B, V] fp32 (a new tensor)."""
         x = self.embed(tok)  # [B, C], a fresh tensor (indexing copies): the residual stream, updated in place
+        # One intra-op thread for the step: MKL runs these fp32 GEMVs on one thread whatever the setting, and
+        # the only ops big enough for OpenMP (the [B, H, N, N] state updates) gain nothing from a second
+        # thread but stall for ms when the other core is busy (0.1B at 2 threads on a loaded machine:
+        # 1.5 tok/s without this, 30 with; docs/perf_cpu.md). The caller's setting is restored afterwards.
         n = torch.get_num_threads() if self.one_thread else 1
         if n > 1:
             torch.set_num_threads(1)
