@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import torch
 
-from .triton_chunk import CHUNK, wkv7_chunk_triton
+from .triton_chunk import wkv7_chunk_triton
 from .triton_recurrent import wkv7_recurrent_triton
 
-# T at or below which the step kernel beats the chunked pair. Untuned guess: the step
-# kernel costs ~T sequential steps of a few hundred ns, the chunked pair a fixed ~10-20 us
-# of two launches plus prep; measure on the target GPU (benchmarks) and set it here.
-CROSSOVER = 32
+# Measured on an H100 (benchmarks/wkv7_sweep.py, fp16, N=64, graph-timed; docs/perf.md): the
+# chunked pair with the tensor-core block-doubling inverse beats the step kernel from T=16
+# (9.2 vs 13.1 us at H=32) and wins by 2-7x at 32..8192; the previous default (loop inverse,
+# chunk 32, 8 prep warps) took ~99 us at T=512, H=32, this one 47.8.
+CROSSOVER = 8        # T at or below: the step kernel (untimed below 16; the fused time-mix
+                     # core never calls this for T <= 16 anyway)
+SMALL_TOKENS = 128   # B*T at or below: chunk 16 (best at T=16..64, B=1); above: chunk 64
+CHUNK_OPTS = dict(inverse="doubling", output="scan", prep_warps=4, block_v=16)
 
 
 def wkv7_triton(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -39,4 +43,5 @@ def wkv7_triton(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tens
         state = state.to(torch.float32).contiguous()
     if T <= CROSSOVER:
         return wkv7_recurrent_triton(r, w, k, v, a, b, state)
-    return wkv7_chunk_triton(r, w, k, v, a, b, state, chunk_size=CHUNK)
+    return wkv7_chunk_triton(r, w, k, v, a, b, state, chunk_size=16 if B * T <= SMALL_TOKENS else 64,
+                             **CHUNK_OPTS)
