@@ -12,6 +12,7 @@ with the generic path is tests/models/test_cpu_fastpath.py).
 from __future__ import annotations
 
 import logging
+import warnings
 from types import SimpleNamespace
 from typing import List
 
@@ -278,7 +279,10 @@ def _script_one_token():
     global _ONE_TOKEN
     if _ONE_TOKEN is None:
         try:
-            _ONE_TOKEN = torch.jit.script(_one_token)
+            # torch >= 2.10 warns that jit.script is deprecated on every use: not the user's concern
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                _ONE_TOKEN = torch.jit.script(_one_token)
         except Exception as e:  # noqa: BLE001  (any scripting failure: the eager function is exact)
             log.info("TorchScript unavailable for the CPU decode step (%s); running it eagerly", e)
             _ONE_TOKEN = _one_token
