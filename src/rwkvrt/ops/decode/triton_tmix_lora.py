@@ -20,6 +20,7 @@ import triton.language as tl
 from .. import _pdl
 from .._pdl import prefetch_rows, wait_prev
 from ..timemix.reference import GROUP_NORM_EPS
+from ..timemix.triton_fused import norm_bonus_gate, wkv_step
 from ..wkv7.reference import DECAY_SCALE
 
 L2_EPS = 1e-12
@@ -85,20 +86,8 @@ def tmix_lora_step_kernel(rkvh_ptr, state_ptr, slots_ptr, out_ptr, vf_ptr,
     ln_w = tl.load(lnw_ptr + ch)
     ln_b = tl.load(lnb_ptr + ch)
     # w and a come out in the channel layout of i; the state update wants them along j
-    decay = tl.exp(-decay_scale * tl.sigmoid(w))
-    kk = k * kk_w
-    kk = kk / tl.maximum(tl.sqrt(tl.sum(kk * kk, axis=0)), l2_eps)
-    kp = k * (1.0 + (a - 1.0) * k_a)
-    # S = S*decay + (S @ -kk) (kk*a)^T + v k'^T ; y = S @ r
-    sa = tl.sum(S * kk[None, :], axis=1)
-    S = S * decay[None, :] - sa[:, None] * (kk * a)[None, :] + v[:, None] * kp[None, :]
-    y = tl.sum(S * r[None, :], axis=1)
-    mean = tl.sum(y, axis=0) / N
-    d = y - mean
-    var = tl.sum(d * d, axis=0) / N
-    yn = d / tl.sqrt(var + gn_eps) * ln_w + ln_b
-    bonus = tl.sum(r * kp * r_k, axis=0)
-    o = (yn + bonus * v) * g
+    S, y, kp = wkv_step(S, r, w, k, v, a, kk_w, k_a, decay_scale, l2_eps)
+    o = norm_bonus_gate(y, r, kp, v, g, r_k, ln_w, ln_b, gn_eps, N)
     tl.store(out_ptr + b * s_ob + ch, o.to(out_ptr.dtype.element_ty))
     tl.store(s_ptrs, S)
 

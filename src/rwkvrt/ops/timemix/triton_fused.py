@@ -67,6 +67,31 @@ L2_EPS = 1e-12
 
 
 @triton.jit
+def wkv_step(S, r, w, k, v, a, kk_w, k_a, decay_scale, l2_eps):
+    """One token of one head, fp32. S [rows, N] state block (value rows x keys); r, w, k, a,
+    kk_w, k_a [N] along keys; v [rows]. Returns (new S, y = S_new @ r [rows], k' [N])."""
+    decay = tl.exp(-decay_scale * tl.sigmoid(w))
+    kk = k * kk_w
+    kk = kk / tl.maximum(tl.sqrt(tl.sum(kk * kk, axis=0)), l2_eps)
+    kp = k * (1.0 + (a - 1.0) * k_a)
+    # S = S*decay + (S @ -kk) (kk*a)^T + v k'^T ; y = S @ r
+    sa = tl.sum(S * kk[None, :], axis=1)
+    S = S * decay[None, :] - sa[:, None] * (kk * a)[None, :] + v[:, None] * kp[None, :]
+    return S, tl.sum(S * r[None, :], axis=1), kp
+
+
+@triton.jit
+def norm_bonus_gate(y, r, kp, v, g, r_k, ln_w, ln_b, gn_eps, N: tl.constexpr):
+    """The head's output, fp32 [N]: (group_norm(y) * ln_w + ln_b + sum(r * k' * r_k) * v) * g."""
+    mean = tl.sum(y, axis=0) / N
+    d = y - mean
+    var = tl.sum(d * d, axis=0) / N
+    yn = d / tl.sqrt(var + gn_eps) * ln_w + ln_b
+    bonus = tl.sum(r * kp * r_k, axis=0)
+    return (yn + bonus * v) * g
+
+
+@triton.jit
 def tmix_step_fwd_kernel(
         r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, g_ptr, out_ptr, state_ptr, slots_ptr,
         kk_w_ptr, ka_ptr, rk_ptr, lnw_ptr, lnb_ptr, w0_ptr, a0_ptr, v0_ptr, vf_ptr, vg_ptr,
@@ -133,22 +158,10 @@ def tmix_step_fwd_kernel(
             vf = tl.load(f_p).to(tl.float32)
             vg = tl.load(q_p).to(tl.float32)
             v += (vf - v) * tl.sigmoid(vg + v0)
-        decay = tl.exp(-decay_scale * tl.sigmoid(w))
-        kk = k * kk_w
-        kk = kk / tl.maximum(tl.sqrt(tl.sum(kk * kk, axis=0)), l2_eps)
-        kp = k * (1.0 + (a - 1.0) * k_a)
-        # S = S*decay + (S @ -kk) (kk*a)^T + v k'^T ; y = S @ r
-        sa = tl.sum(S * kk[None, :], axis=1)
-        S = S * decay[None, :] - sa[:, None] * (kk * a)[None, :] + v[:, None] * kp[None, :]
-        y = tl.sum(S * r[None, :], axis=1)
+        S, y, kp = wkv_step(S, r, w, k, v, a, kk_w, k_a, decay_scale, l2_eps)
         if FUSE_NORM:
             g = tl.load(g_p).to(tl.float32)
-            mean = tl.sum(y, axis=0) / N
-            d = y - mean
-            var = tl.sum(d * d, axis=0) / N
-            yn = d / tl.sqrt(var + gn_eps) * ln_w + ln_b
-            bonus = tl.sum(r * kp * r_k, axis=0)
-            o = (yn + bonus * v) * g
+            o = norm_bonus_gate(y, r, kp, v, g, r_k, ln_w, ln_b, gn_eps, N)
             tl.store(o_p, o.to(out_ptr.dtype.element_ty))
         else:
             tl.store(o_p, y)
