@@ -123,22 +123,26 @@ def _chunk_inverse(aG, bI, tt, C: tl.constexpr, LOG2C: tl.constexpr, DOUBLING: t
     return Tinv
 
 
+@triton.jit
+def _chunk_tile(T, H, N: tl.constexpr, C: tl.constexpr):
+    """This program's chunk (grid (NC, B*H)): chunk id, batch*head id, token-in-chunk and channel
+    aranges, offsets of its [C, N] tile in a [B, T, H, N] input and the live-token mask."""
+    pid_c = tl.program_id(0)
+    pid_bh = tl.program_id(1).to(tl.int64)
+    tt = tl.arange(0, C)
+    nn = tl.arange(0, N)
+    tok = pid_c * C + tt
+    offs = (((pid_bh // H) * T + tok[:, None]) * H + pid_bh % H) * N + nn[None, :]
+    return pid_c, pid_bh, tt, nn, offs, (tok < T)[:, None]
+
+
 @triton.jit(do_not_specialize=_NO_SPEC)
 def wkv7_chunk_prep_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr,
                            q_ptr, yc_ptr, m_ptr, e_ptr, T, NC, H,
                            N: tl.constexpr, C: tl.constexpr, LOG2C: tl.constexpr,
                            DOUBLING: tl.constexpr, PREC: tl.constexpr):
     """Grid (NC, B*H). Inputs [B, T, H, N]; writes Q, Yc [B*H, NC, C, N], M, E [B*H, NC, N, N] fp32."""
-    pid_c = tl.program_id(0)
-    pid_bh = tl.program_id(1).to(tl.int64)
-    b_idx = pid_bh // H
-    h_idx = pid_bh % H
-    tt = tl.arange(0, C)                       # token within the chunk
-    nn = tl.arange(0, N)                       # channel
-    tok = pid_c * C + tt
-    live = tok < T
-    offs = ((b_idx * T + tok[:, None]) * H + h_idx) * N + nn[None, :]
-    lmask = live[:, None]
+    pid_c, pid_bh, tt, nn, offs, lmask = _chunk_tile(T, H, N, C)
 
     # The phases below reload inputs (L2 hits) instead of keeping them live across the
     # inverse: register pressure, not memory traffic, limits this kernel.
@@ -239,15 +243,7 @@ def wkv7_chunk_wu_kernel(w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, p_ptr, u_ptr, m_ptr,
                          N: tl.constexpr, C: tl.constexpr, LOG2C: tl.constexpr,
                          DOUBLING: tl.constexpr, PREC: tl.constexpr):
     """Grid (NC, B*H). Inputs [B, T, H, N]; writes P, U [B*H, NC, C, N], M, E [B*H, NC, N, N] fp32."""
-    pid_c = tl.program_id(0)
-    pid_bh = tl.program_id(1).to(tl.int64)
-    b_idx = pid_bh // H
-    h_idx = pid_bh % H
-    tt = tl.arange(0, C)
-    nn = tl.arange(0, N)
-    tok = pid_c * C + tt
-    offs = ((b_idx * T + tok[:, None]) * H + h_idx) * N + nn[None, :]
-    lmask = (tok < T)[:, None]
+    pid_c, pid_bh, tt, nn, offs, lmask = _chunk_tile(T, H, N, C)
 
     ld, G, gC = _decay_cumsum(w_ptr, offs, lmask)
     eGm = tl.exp(G - ld)
@@ -333,15 +329,7 @@ def wkv7_chunk_states_kernel(m_ptr, e_ptr, s_ptr, st_ptr, NC, H, N: tl.constexpr
 def wkv7_chunk_out_kernel(r_ptr, w_ptr, k_ptr, v_ptr, b_ptr, p_ptr, u_ptr, st_ptr, y_ptr, T, NC, H,
                           N: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr):
     """Grid (NC, B*H). Y = (rG + A_rb P) S_c^T + A_rb U + A_rk V -> y [B, T, H, N] (r's dtype)."""
-    pid_c = tl.program_id(0)
-    pid_bh = tl.program_id(1).to(tl.int64)
-    b_idx = pid_bh // H
-    h_idx = pid_bh % H
-    tt = tl.arange(0, C)
-    nn = tl.arange(0, N)
-    tok = pid_c * C + tt
-    offs = ((b_idx * T + tok[:, None]) * H + h_idx) * N + nn[None, :]
-    lmask = (tok < T)[:, None]
+    pid_c, pid_bh, tt, nn, offs, lmask = _chunk_tile(T, H, N, C)
 
     ld, G, gC = _decay_cumsum(w_ptr, offs, lmask)
     enG = tl.exp(-G)
