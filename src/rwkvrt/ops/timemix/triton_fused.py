@@ -179,6 +179,14 @@ def tmix_step_fwd_kernel(
 
 
 @triton.jit
+def _token_rows(BT, T, BLOCK_T: tl.constexpr, N: tl.constexpr):
+    """Grid (cdiv(B*T, BLOCK_T), H): this program's head, token rows (int64) and their mask,
+    batch and time index of each row, and the arange over the head's channels."""
+    rows = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
+    return tl.program_id(1), rows, rows < BT, rows // T, rows % T, tl.arange(0, N)
+
+
+@triton.jit
 def tmix_pre_fwd_kernel(
         k_ptr, a_ptr, w_ptr, v_ptr, vf_ptr, vg_ptr, kk_w_ptr, ka_ptr, w0_ptr, a0_ptr, v0_ptr,
         kp_ptr, nkk_ptr, kka_ptr, weff_ptr, veff_ptr,
@@ -190,13 +198,7 @@ def tmix_pre_fwd_kernel(
     HAS_A0: a = sigmoid(a + a0) first. HAS_W0: also writes w + w0 to weff. HAS_VRES: also writes
     v + (v_first - v) * sigmoid(v_gate + v0) to veff (both contiguous, activation dtype): the
     wkv inputs, so prefill runs no separate element-wise launches for them."""
-    pid = tl.program_id(0)
-    h = tl.program_id(1)
-    rows = (pid * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
-    rmask = rows < BT
-    b = rows // T
-    t = rows % T
-    j = tl.arange(0, N)
+    h, rows, rmask, b, t, j = _token_rows(BT, T, BLOCK_T, N)
     cj = h * N + j
     m2 = rmask[:, None]
     k = tl.load(k_ptr + (b * skb + t * skt)[:, None] + cj[None, :], mask=m2, other=0.0).to(tl.float32)
@@ -232,13 +234,7 @@ def tmix_post_fwd_kernel(
         BT, T, H, gn_eps,
         HAS_A0: tl.constexpr, HAS_VRES: tl.constexpr, BLOCK_T: tl.constexpr, N: tl.constexpr):
     """Grid (cdiv(B*T, BLOCK_T), H): out = (group_norm(y)*ln_w + ln_b + sum(r*k'*r_k)*v) * g."""
-    pid = tl.program_id(0)
-    h = tl.program_id(1)
-    rows = (pid * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
-    rmask = rows < BT
-    b = rows // T
-    t = rows % T
-    j = tl.arange(0, N)
+    h, rows, rmask, b, t, j = _token_rows(BT, T, BLOCK_T, N)
     cj = (h * N + j)[None, :]
     m2 = rmask[:, None]
     y = tl.load(y_ptr + (b * syb + t * syt)[:, None] + cj, mask=m2, other=0.0).to(tl.float32)

@@ -136,6 +136,22 @@ def _chunk_tile(T, H, N: tl.constexpr, C: tl.constexpr):
     return pid_c, pid_bh, tt, nn, offs, (tok < T)[:, None]
 
 
+@triton.jit
+def _store_transition(P, U, v, G, gC, b_ptr, k_ptr, offs, lmask, nn, m_ptr, e_ptr, base_nn,
+                      N: tl.constexpr, PREC: tl.constexpr):
+    """The chunk's state map S_C = S0 M + E: stores M = diag(e^{G_C}) + P^T (b e^{G_C-G}) [K, K] and
+    E = U^T (b e^{G_C-G}) + V^T (k e^{G_C-G}) [V, K] at base_nn (fp32)."""
+    dte = tl.exp(gC[None, :] - G)              # e^{G_C - G_j} <= 1
+    bT = tl.load(b_ptr + offs, mask=lmask, other=0.0).to(tl.float32) * dte
+    kT = tl.load(k_ptr + offs, mask=lmask, other=0.0).to(tl.float32) * dte
+    diag = tl.where(nn[:, None] == nn[None, :], tl.exp(gC)[None, :], 0.0)
+    nk = nn[:, None] * N + nn[None, :]
+    tl.store(m_ptr + base_nn + nk, tl.dot(tl.trans(P), bT, acc=diag, input_precision=PREC))
+    E = tl.dot(tl.trans(v), kT, acc=tl.dot(tl.trans(U), bT, input_precision=PREC),
+               input_precision=PREC)
+    tl.store(e_ptr + base_nn + nk, E)
+
+
 @triton.jit(do_not_specialize=_NO_SPEC)
 def wkv7_chunk_prep_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr,
                            q_ptr, yc_ptr, m_ptr, e_ptr, T, NC, H,
@@ -173,17 +189,8 @@ def wkv7_chunk_prep_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr,
     Yc = tl.dot(A_rk, v, acc=tl.dot(A_rb, U, input_precision=PREC), input_precision=PREC)
     tl.store(yc_ptr + base_cn + cn, Yc)
 
-    dte = tl.exp(gC[None, :] - G)              # e^{G_C - G_j} <= 1
-    bT = tl.load(b_ptr + offs, mask=lmask, other=0.0).to(tl.float32) * dte
-    kT = tl.load(k_ptr + offs, mask=lmask, other=0.0).to(tl.float32) * dte
-    diag = tl.where(nn[:, None] == nn[None, :], tl.exp(gC)[None, :], 0.0)
-    base_nn = (pid_bh * NC + pid_c) * N * N
-    nk = nn[:, None] * N + nn[None, :]
-    M = tl.dot(tl.trans(P), bT, acc=diag, input_precision=PREC)                    # [K, K]
-    tl.store(m_ptr + base_nn + nk, M)
-    E = tl.dot(tl.trans(v), kT, acc=tl.dot(tl.trans(U), bT, input_precision=PREC),
-               input_precision=PREC)                                                # [V, K]
-    tl.store(e_ptr + base_nn + nk, E)
+    _store_transition(P, U, v, G, gC, b_ptr, k_ptr, offs, lmask, nn, m_ptr, e_ptr,
+                      (pid_bh * NC + pid_c) * N * N, N, PREC)
 
 
 @triton.jit
@@ -264,16 +271,8 @@ def wkv7_chunk_wu_kernel(w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, p_ptr, u_ptr, m_ptr,
     tl.store(p_ptr + base_cn + cn, P)
     tl.store(u_ptr + base_cn + cn, U)
 
-    dte = tl.exp(gC[None, :] - G)              # e^{G_C - G_j} <= 1
-    bT = tl.load(b_ptr + offs, mask=lmask, other=0.0).to(tl.float32) * dte
-    kT = tl.load(k_ptr + offs, mask=lmask, other=0.0).to(tl.float32) * dte
-    diag = tl.where(nn[:, None] == nn[None, :], tl.exp(gC)[None, :], 0.0)
-    base_nn = (pid_bh * NC + pid_c) * N * N
-    nk = nn[:, None] * N + nn[None, :]
-    tl.store(m_ptr + base_nn + nk, tl.dot(tl.trans(P), bT, acc=diag, input_precision=PREC))
-    E = tl.dot(tl.trans(v), kT, acc=tl.dot(tl.trans(U), bT, input_precision=PREC),
-               input_precision=PREC)
-    tl.store(e_ptr + base_nn + nk, E)
+    _store_transition(P, U, v, G, gC, b_ptr, k_ptr, offs, lmask, nn, m_ptr, e_ptr,
+                      (pid_bh * NC + pid_c) * N * N, N, PREC)
 
 
 @triton.jit
