@@ -84,3 +84,27 @@ def official_factory(ckpt_factory):
         return cache[key]
 
     return make
+
+
+# the small checkpoints many test modules share (a byte-level and a World-vocab one); the models are
+# loaded once per module, as each module had them before
+@pytest.fixture(scope="session")
+def byte_ckpt(ckpt_factory):
+    return ckpt_factory(2, 64, 256, 0)
+
+
+@pytest.fixture(scope="module")
+def byte_model(byte_ckpt):
+    import rwkvrt
+    return rwkvrt.load(byte_ckpt)
+
+
+@pytest.fixture(scope="session")
+def world_path(ckpt_factory):
+    return ckpt_factory(2, 64, 65536, 0)
+
+
+@pytest.fixture(scope="module")
+def world_model(world_path):
+    import rwkvrt
+    return rwkvrt.load(world_path)

@@ -17,16 +17,6 @@ from rwkvrt.state_io import load_state
 GREEDY = ["-t", "0", "--presence-penalty", "0", "--frequency-penalty", "0"]
 
 
-@pytest.fixture(scope="module")
-def byte_ckpt(ckpt_factory):
-    return ckpt_factory(2, 64, 256, 0)
-
-
-@pytest.fixture(scope="module")
-def byte_model(byte_ckpt):
-    return rwkvrt.load(byte_ckpt)
-
-
 def greedy_tokens(model, tokens: list[int], n: int) -> list[int]:
     """The plain native loop: forward, argmax, feed back."""
     logits, st = model.forward(tokens)

@@ -15,16 +15,6 @@ from rwkvrt.sampling import SamplingParams
 from rwkvrt.strategy import parse_strategy
 
 
-@pytest.fixture(scope="module")
-def path(ckpt_factory):
-    return ckpt_factory(2, 64, 256, 0)
-
-
-@pytest.fixture(scope="module")
-def model(path):
-    return rwkvrt.load(path)
-
-
 def one_line(msg: str) -> str:
     lines = msg.strip().splitlines()
     assert len(lines) == 1, msg
@@ -71,8 +61,8 @@ def bad_files(tmp_path, good):
 
 
 @pytest.mark.parametrize("kind", ["missing", "dir", "text", "truncated", "v6", "v5"])
-def test_bad_model_file(kind, path, tmp_path, capsys):
-    p, expected = bad_files(tmp_path, path)[kind]
+def test_bad_model_file(kind, byte_ckpt, tmp_path, capsys):
+    p, expected = bad_files(tmp_path, byte_ckpt)[kind]
     msg = api_error(CheckpointError, rwkvrt.load, p)
     assert expected in msg
     msg = api_error(CheckpointError, rwkvrt.RWKV, str(p))
@@ -87,17 +77,17 @@ def test_bad_model_file(kind, path, tmp_path, capsys):
 
 @pytest.mark.parametrize("s, expected", [("gpu fp16", "unknown device"), ("cpu fp64", "unknown dtype"),
                                          ("cuda fp16 *10 -> cpu fp32", "one device"), ("", "empty")])
-def test_bad_strategy(s, expected, path, capsys):
+def test_bad_strategy(s, expected, byte_ckpt, capsys):
     msg = api_error(StrategyError, parse_strategy, s)
     assert expected in msg
-    api_error(StrategyError, rwkvrt.load, path, s)
-    line = cli_error(["generate", "-m", path, "-s", s, "hello"], capsys)
+    api_error(StrategyError, rwkvrt.load, byte_ckpt, s)
+    line = cli_error(["generate", "-m", byte_ckpt, "-s", s, "hello"], capsys)
     assert expected in line
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
-def test_cuda_without_gpu(path, capsys):
-    line = cli_error(["generate", "-m", path, "-s", "cuda fp16", "hello"], capsys)
+def test_cuda_without_gpu(byte_ckpt, capsys):
+    line = cli_error(["generate", "-m", byte_ckpt, "-s", "cuda fp16", "hello"], capsys)
     assert "CUDA" in line and "cpu fp32" in line
 
 
@@ -112,12 +102,12 @@ def same(st, snap):
 
 
 @pytest.mark.parametrize("bad", [-1, 256, 10**9, 1e9, 1.5, "a", [], [[1, 2], [3]], True])
-def test_bad_token_ids_leave_state_untouched(bad, model):
-    _, st = model.forward(list(b"warm up"), model.zero_state(1))
+def test_bad_token_ids_leave_state_untouched(bad, byte_model):
+    _, st = byte_model.forward(list(b"warm up"), byte_model.zero_state(1))
     snap = snapshot(st)
     tokens = bad if isinstance(bad, list) else [1, 2, bad]
     with pytest.raises(TokenError) as e:
-        model.forward(tokens, st)
+        byte_model.forward(tokens, st)
     msg = one_line(str(e.value))
     assert "Fix:" in msg
     if type(bad) is int and bad in (-1, 256, 10**9):
@@ -125,8 +115,8 @@ def test_bad_token_ids_leave_state_untouched(bad, model):
     assert same(st, snap)
 
 
-def test_bad_token_ids_compat(path):
-    m = rwkvrt.RWKV(str(path), "cpu fp32")
+def test_bad_token_ids_compat(byte_ckpt):
+    m = rwkvrt.RWKV(str(byte_ckpt), "cpu fp32")
     st = m.zero_state(1)
     m.forward([1, 2], st)
     snap = snapshot(st)
@@ -136,19 +126,19 @@ def test_bad_token_ids_compat(path):
     assert same(st, snap)
 
 
-def test_float_token_tensor_rejected(model):
+def test_float_token_tensor_rejected(byte_model):
     with pytest.raises(TokenError):
-        model.forward(torch.tensor([[1.5, 2.0]]))
+        byte_model.forward(torch.tensor([[1.5, 2.0]]))
 
 
-def test_state_of_another_model_rejected(model, ckpt_factory):
+def test_state_of_another_model_rejected(byte_model, ckpt_factory):
     other = rwkvrt.load(ckpt_factory(3, 128, 256, 0))
     st = other.zero_state(1)
     snap = snapshot(st)
-    msg = api_error(StateError, model.forward, [1, 2], st)
+    msg = api_error(StateError, byte_model.forward, [1, 2], st)
     assert "state does not fit" in msg
     assert same(st, snap)
-    msg = api_error(StateError, model.forward, [1, 2], [torch.zeros(3)])
+    msg = api_error(StateError, byte_model.forward, [1, 2], [torch.zeros(3)])
     assert "wrong length" in msg
 
 
@@ -159,7 +149,7 @@ def test_state_of_another_model_rejected(model, ckpt_factory):
                                       ({"top_p": math.nan}, "top_p"), ({"top_k": -1}, "top_k"),
                                       ({"min_p": 2.0}, "min_p"), ({"penalty_decay": 1.5}, "penalty_decay"),
                                       ({"presence_penalty": math.inf}, "presence_penalty")])
-def test_bad_sampling_parameters(kw, name, model):
+def test_bad_sampling_parameters(kw, name, byte_model):
     msg = api_error(SamplingError, SamplingParams, **kw)
     assert name in msg
 
@@ -167,64 +157,64 @@ def test_bad_sampling_parameters(kw, name, model):
 @pytest.mark.parametrize("opt, val, name", [("--temperature", "-1", "temperature"), ("--top-p", "1.5", "top_p"),
                                             ("--top-k", "-3", "top_k"), ("--temperature", "nan", "temperature"),
                                             ("--max-tokens", "-5", "max_tokens"), ("--chunk-len", "0", "chunk_len")])
-def test_bad_sampling_cli(opt, val, name, path, capsys):
-    line = cli_error(["generate", "-m", path, opt, val, "hello"], capsys)
+def test_bad_sampling_cli(opt, val, name, byte_ckpt, capsys):
+    line = cli_error(["generate", "-m", byte_ckpt, opt, val, "hello"], capsys)
     assert name in line and "Fix:" in line
 
 
-def test_bad_sampling_leaves_state_untouched(model):
-    st = model.zero_state(1)
-    model.forward([1, 2, 3], st)
+def test_bad_sampling_leaves_state_untouched(byte_model):
+    st = byte_model.zero_state(1)
+    byte_model.forward([1, 2, 3], st)
     snap = snapshot(st)
     bad = SamplingParams()
     object.__setattr__(bad, "top_p", 7.0)  # bypass construction checks: stream() validates again
     with pytest.raises(SamplingError):
-        list(Generator(model).stream("abc", state=st, params=bad))
+        list(Generator(byte_model).stream("abc", state=st, params=bad))
     assert same(st, snap)
 
 
-def test_token_ban_outside_vocab(model):
-    st = model.zero_state(1)
+def test_token_ban_outside_vocab(byte_model):
+    st = byte_model.zero_state(1)
     with pytest.raises(SamplingError, match="token_ban"):
-        list(Generator(model).stream("abc", state=st, params=SamplingParams(token_ban=(300,))))
+        list(Generator(byte_model).stream("abc", state=st, params=SamplingParams(token_ban=(300,))))
     assert not st.wkv.any()
 
 
 # ---------------------------------------------------------------- state files and convert in the CLI
 
-def test_cli_state_file_for_another_model(model, ckpt_factory, path, tmp_path, capsys):
+def test_cli_state_file_for_another_model(byte_model, ckpt_factory, byte_ckpt, tmp_path, capsys):
     other = rwkvrt.load(ckpt_factory(3, 128, 256, 0))
     _, st = other.forward([1, 2, 3])
     rwkvrt.save_state(st, tmp_path / "o.safetensors", other)
-    line = cli_error(["generate", "-m", path, "--state", tmp_path / "o.safetensors", "hi"], capsys)
+    line = cli_error(["generate", "-m", byte_ckpt, "--state", tmp_path / "o.safetensors", "hi"], capsys)
     assert "another model" in line
-    line = cli_error(["generate", "-m", path, "--state", tmp_path / "none.safetensors", "hi"], capsys)
+    line = cli_error(["generate", "-m", byte_ckpt, "--state", tmp_path / "none.safetensors", "hi"], capsys)
     assert "not found" in line
 
 
-def test_cli_convert_onto_existing_dir(path, tmp_path, capsys):
+def test_cli_convert_onto_existing_dir(byte_ckpt, tmp_path, capsys):
     out = tmp_path / "exists"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
-    line = cli_error(["convert", path, out], capsys)
+    line = cli_error(["convert", byte_ckpt, out], capsys)
     assert "not empty" in line and "--force" in line
     assert (out / "keep.txt").read_text() == "precious" and not (out / "model.safetensors").exists()
     # a file as the output
-    line = cli_error(["convert", path, out / "keep.txt"], capsys)
+    line = cli_error(["convert", byte_ckpt, out / "keep.txt"], capsys)
     assert "not a directory" in line
 
 
-def test_cli_convert_never_overwrites_input(path, tmp_path, capsys):
+def test_cli_convert_never_overwrites_input(byte_ckpt, tmp_path, capsys):
     d = tmp_path / "m"
-    assert cli.main(["convert", str(path), str(d)]) == 0
+    assert cli.main(["convert", str(byte_ckpt), str(d)]) == 0
     capsys.readouterr()
     line = cli_error(["convert", d, d, "--force"], capsys)
     assert "overwrite its input" in line
     assert rwkvrt.load(d).config.n_layer == 2
 
 
-def test_cli_prompt_file_missing(path, tmp_path, capsys):
-    line = cli_error(["generate", "-m", path, "--prompt-file", tmp_path / "nope.txt"], capsys)
+def test_cli_prompt_file_missing(byte_ckpt, tmp_path, capsys):
+    line = cli_error(["generate", "-m", byte_ckpt, "--prompt-file", tmp_path / "nope.txt"], capsys)
     assert "nope.txt" in line and "Fix:" in line
 
 
@@ -234,42 +224,42 @@ def test_cli_unknown_tokenizer(ckpt_factory, capsys):
     assert "tokenizer" in line and "convert --tokenizer" in line
 
 
-def test_bad_id_late_in_long_prompt_leaves_state_untouched(model):
-    st = model.zero_state(1)
-    model.forward([1, 2, 3], st)
+def test_bad_id_late_in_long_prompt_leaves_state_untouched(byte_model):
+    st = byte_model.zero_state(1)
+    byte_model.forward([1, 2, 3], st)
     snap = snapshot(st)
     prompt = [65] * 10 + [256]
     with pytest.raises(TokenError, match="outside the vocabulary"):
-        list(Generator(model, chunk_len=4).stream(prompt, state=st, max_tokens=3))
+        list(Generator(byte_model, chunk_len=4).stream(prompt, state=st, max_tokens=3))
     assert same(st, snap)
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5])
-def test_bad_chunk_len(model, bad):
+def test_bad_chunk_len(byte_model, bad):
     with pytest.raises(SamplingError, match="chunk_len"):
-        Generator(model, chunk_len=bad)
+        Generator(byte_model, chunk_len=bad)
 
 
-def test_cli_save_state_bad_path(path, tmp_path, capsys):
-    line = cli_error(["generate", "-m", path, "--save-state", tmp_path / "no" / "dir" / "s", "hi"], capsys)
+def test_cli_save_state_bad_path(byte_ckpt, tmp_path, capsys):
+    line = cli_error(["generate", "-m", byte_ckpt, "--save-state", tmp_path / "no" / "dir" / "s", "hi"], capsys)
     assert "does not exist" in line
-    line = cli_error(["generate", "-m", path, "--save-state", tmp_path, "hi"], capsys)
+    line = cli_error(["generate", "-m", byte_ckpt, "--save-state", tmp_path, "hi"], capsys)
     assert "directory" in line
 
 
-def test_chat_bad_save_keeps_going(path, tmp_path, capsys, monkeypatch):
+def test_chat_bad_save_keeps_going(byte_ckpt, tmp_path, capsys, monkeypatch):
     import io
     import sys
 
     monkeypatch.setattr(sys, "stdin", io.StringIO(f"/save {tmp_path}/no/dir/s\nhi\n"))
-    rc = cli.main(["chat", "-m", str(path), "-n", "3"])
+    rc = cli.main(["chat", "-m", str(byte_ckpt), "-n", "3"])
     out, err = capsys.readouterr()
     assert rc == 0 and "cannot save" in err and out.startswith("Assistant:")
 
 
-def test_save_state_missing_dir_is_state_error(model, tmp_path):
+def test_save_state_missing_dir_is_state_error(byte_model, tmp_path):
     with pytest.raises(StateError):
-        rwkvrt.save_state(model.zero_state(1), tmp_path / "no" / "dir" / "s.safetensors")
+        rwkvrt.save_state(byte_model.zero_state(1), tmp_path / "no" / "dir" / "s.safetensors")
 
 
 @pytest.mark.parametrize("argv, expected", [(["generate", "-n", "abc", "x"], "invalid int value"),

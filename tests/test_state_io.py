@@ -12,33 +12,23 @@ P1 = list(b"ROMEO: But soft, what light through yonder")
 P2 = list(b" window breaks?")
 
 
-@pytest.fixture(scope="module")
-def path(ckpt_factory):
-    return ckpt_factory(2, 64, 256, 0)
-
-
-@pytest.fixture(scope="module")
-def model(path):
-    return rwkvrt.load(path)
-
-
-def test_save_load_continue_is_exact(model, tmp_path):
-    _, st = model.forward(P1)
+def test_save_load_continue_is_exact(byte_model, tmp_path):
+    _, st = byte_model.forward(P1)
     f = tmp_path / "s.safetensors"
-    assert rwkvrt.save_state(st, f, model) == f
-    loaded = rwkvrt.load_state(f, model)
-    a, _ = model.forward(P2, loaded)
-    b, _ = model.forward(P2, st)  # never stopped
+    assert rwkvrt.save_state(st, f, byte_model) == f
+    loaded = rwkvrt.load_state(f, byte_model)
+    a, _ = byte_model.forward(P2, loaded)
+    b, _ = byte_model.forward(P2, st)  # never stopped
     assert torch.equal(a, b)
     assert torch.equal(loaded.wkv, st.wkv) and torch.equal(loaded.att_x, st.att_x)
 
 
-def test_file_is_safetensors_with_metadata(model, tmp_path):
+def test_file_is_safetensors_with_metadata(byte_model, tmp_path):
     from safetensors import safe_open
 
-    _, st = model.forward(P1)
+    _, st = byte_model.forward(P1)
     f = tmp_path / "s.safetensors"
-    rwkvrt.save_state(st, f, model)
+    rwkvrt.save_state(st, f, byte_model)
     with safe_open(str(f), framework="pt") as h:
         meta = h.metadata()
         assert set(h.keys()) == {"att_x", "wkv", "ffn_x"}
@@ -49,15 +39,15 @@ def test_file_is_safetensors_with_metadata(model, tmp_path):
     assert not (tmp_path / "s.safetensors.tmp").exists()
 
 
-def test_batched_state_round_trip(model, tmp_path):
-    _, st = model.forward([P1[:10], P1[10:20]])
-    rwkvrt.save_state(st, tmp_path / "b", model)
-    loaded = rwkvrt.load_state(tmp_path / "b", model)
+def test_batched_state_round_trip(byte_model, tmp_path):
+    _, st = byte_model.forward([P1[:10], P1[10:20]])
+    rwkvrt.save_state(st, tmp_path / "b", byte_model)
+    loaded = rwkvrt.load_state(tmp_path / "b", byte_model)
     assert loaded.batch_size == 2 and torch.equal(loaded.wkv, st.wkv)
 
 
-def test_compat_rwkv_state_round_trip(path, tmp_path):
-    m = rwkvrt.RWKV(str(path), "cpu fp32")
+def test_compat_rwkv_state_round_trip(byte_ckpt, tmp_path):
+    m = rwkvrt.RWKV(str(byte_ckpt), "cpu fp32")
     _, st = m.forward(P1, None)
     assert isinstance(st, State)  # RWKV.forward returns a rwkvrt.State (it indexes like the official list)
     rwkvrt.save_state(st, tmp_path / "c.safetensors", m)
@@ -70,21 +60,21 @@ def test_compat_rwkv_state_round_trip(path, tmp_path):
     assert torch.equal(a, c)
 
 
-def test_official_state_tuning_file_transposed(model, tmp_path):
-    cfg = model.config
+def test_official_state_tuning_file_transposed(byte_model, tmp_path):
+    cfg = byte_model.config
     g = torch.Generator().manual_seed(0)
     sd = {f"blocks.{i}.att.time_state": torch.randn(cfg.n_head, cfg.head_size, cfg.head_size, generator=g)
           for i in range(cfg.n_layer)}
     f = tmp_path / "tuned.pth"
     torch.save(sd, f)
-    st = rwkvrt.load_state(f, model)
+    st = rwkvrt.load_state(f, byte_model)
     for i in range(cfg.n_layer):
         # stored [head, key, value]; rwkvrt (like the official package's state list) keeps [head, value, key]
         assert torch.equal(st.wkv[i, 0], sd[f"blocks.{i}.att.time_state"].transpose(1, 2))
         assert torch.equal(st[3 * i + 1], sd[f"blocks.{i}.att.time_state"].transpose(1, 2))
     assert not st.att_x.any() and not st.ffn_x.any()
     # also found without the suffix, as the official loaders do
-    assert torch.equal(rwkvrt.load_state(tmp_path / "tuned", model).wkv, st.wkv)
+    assert torch.equal(rwkvrt.load_state(tmp_path / "tuned", byte_model).wkv, st.wkv)
 
 
 def test_state_tuning_layout_against_official_package(official_factory, ckpt_factory, tmp_path):
@@ -110,46 +100,46 @@ def test_state_tuning_layout_against_official_package(official_factory, ckpt_fac
     assert float((a[0].double() - ref).abs().max() / ref.std()) < 1e-4
 
 
-def test_wrong_shape_state_file_is_state_error(model, ckpt_factory, tmp_path):
+def test_wrong_shape_state_file_is_state_error(byte_model, ckpt_factory, tmp_path):
     other = rwkvrt.load(ckpt_factory(3, 128, 256, 0))
     _, st = other.forward(P1)
     rwkvrt.save_state(st, tmp_path / "o.safetensors", other)
     with pytest.raises(StateError, match="another model"):
-        rwkvrt.load_state(tmp_path / "o.safetensors", model)
+        rwkvrt.load_state(tmp_path / "o.safetensors", byte_model)
     # state-tuning file of the wrong shape
     torch.save({f"blocks.{i}.att.time_state": torch.zeros(2, 64, 64) for i in range(2)}, tmp_path / "w.pth")
     with pytest.raises(StateError, match="does not fit"):
-        rwkvrt.load_state(tmp_path / "w.pth", model)
+        rwkvrt.load_state(tmp_path / "w.pth", byte_model)
 
 
 @pytest.mark.parametrize("content", [b"", b"not a state file at all", b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":"])
-def test_corrupt_state_file(model, tmp_path, content):
+def test_corrupt_state_file(byte_model, tmp_path, content):
     f = tmp_path / "bad.safetensors"
     f.write_bytes(content)
     with pytest.raises(StateError) as e:
-        rwkvrt.load_state(f, model)
+        rwkvrt.load_state(f, byte_model)
     msg = str(e.value)
     assert "\n" not in msg and "Fix:" in msg
 
 
-def test_truncated_state_file(model, tmp_path):
-    _, st = model.forward(P1)
+def test_truncated_state_file(byte_model, tmp_path):
+    _, st = byte_model.forward(P1)
     f = tmp_path / "s.safetensors"
-    rwkvrt.save_state(st, f, model)
+    rwkvrt.save_state(st, f, byte_model)
     data = f.read_bytes()
     f.write_bytes(data[: len(data) // 2])
     with pytest.raises(StateError, match="truncated"):
-        rwkvrt.load_state(f, model)
+        rwkvrt.load_state(f, byte_model)
 
 
-def test_missing_state_file(model, tmp_path):
+def test_missing_state_file(byte_model, tmp_path):
     with pytest.raises(StateError, match="not found"):
-        rwkvrt.load_state(tmp_path / "nope.safetensors", model)
+        rwkvrt.load_state(tmp_path / "nope.safetensors", byte_model)
 
 
-def test_model_checkpoint_is_not_a_state_file(model, path):
+def test_model_checkpoint_is_not_a_state_file(byte_model, byte_ckpt):
     with pytest.raises(StateError, match="not a state file"):
-        rwkvrt.load_state(path, model)
+        rwkvrt.load_state(byte_ckpt, byte_model)
 
 
 def test_save_state_rejects_non_state(tmp_path):
@@ -157,8 +147,8 @@ def test_save_state_rejects_non_state(tmp_path):
         rwkvrt.save_state([torch.zeros(3)], tmp_path / "x")
 
 
-def test_state_from_forward_is_writable(path):
-    m = rwkvrt.RWKV(str(path), "cpu fp32")
+def test_state_from_forward_is_writable(byte_ckpt):
+    m = rwkvrt.RWKV(str(byte_ckpt), "cpu fp32")
     _, st = m.forward(P1, None)
     st[1] = torch.zeros_like(st[1])  # official code edits states like this
     assert not st[1].any()

@@ -13,21 +13,6 @@ from rwkvrt.sampling import SamplingParams
 GREEDY = SamplingParams(temperature=0, presence_penalty=0, frequency_penalty=0)
 
 
-@pytest.fixture(scope="module")
-def byte_model(ckpt_factory):
-    return rwkvrt.load(ckpt_factory(2, 64, 256, 0))
-
-
-@pytest.fixture(scope="module")
-def world_path(ckpt_factory):
-    return ckpt_factory(2, 64, 65536, 0)
-
-
-@pytest.fixture(scope="module")
-def world_model(world_path):
-    return rwkvrt.load(world_path)
-
-
 def greedy_tokens(model, tokens, n):
     logits, st = model.forward(tokens)
     out = []
