@@ -268,3 +268,14 @@ def test_save_state_missing_dir_is_state_error(byte_model, tmp_path):
 def test_usage_errors_are_one_line(argv, expected, capsys):
     line = cli_error(argv, capsys)
     assert expected in line and "--help" in line
+
+
+def test_import_does_not_pull_triton():
+    """`import rwkvrt` (and the fast model, runner and decode-op references) must not import triton."""
+    import subprocess
+    import sys
+
+    code = ("import sys, rwkvrt, rwkvrt.models.rwkv7_fast, rwkvrt.engine.runner, rwkvrt.ops.decode; "
+            "print('triton' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
