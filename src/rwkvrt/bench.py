@@ -131,7 +131,11 @@ class _NativeEngine(_Engine):
         if runner_cls is not None:
             # RWKVRT_DECODE_FUSED=0/1 and RWKVRT_DECODE_MAX_BATCH=N: A/B knobs of the decode ops path
             fused = os.environ.get("RWKVRT_DECODE_FUSED", "auto")
-            fkw = {"decode_max_batch": int(os.environ.get("RWKVRT_DECODE_MAX_BATCH", "4"))}
+            mb = os.environ.get("RWKVRT_DECODE_MAX_BATCH", "4")
+            if not mb.isdigit():
+                raise RWKVRTError("bad RWKVRT_DECODE_MAX_BATCH", expected="a non-negative integer", got=repr(mb),
+                                  fix="unset it or set e.g. RWKVRT_DECODE_MAX_BATCH=4")
+            fkw = {"decode_max_batch": int(mb)}
             if fused != "auto":
                 fkw["decode_fused"] = fused == "1"
             fast = RWKV7Fast(cfg, sd, device=dev, dtype=strategy.dtype, **fkw)

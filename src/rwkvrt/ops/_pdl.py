@@ -16,16 +16,28 @@ Imports triton: only import this module on a machine that has it.
 """
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
 import triton
 import triton.language as tl
 
+log = logging.getLogger(__name__)
 L2_LINE = 128                 # bytes per prefetch (one L2 line)
 # bytes of a matrix prefetched ahead; RWKVRT_PDL_PREFETCH_MB overrides. H100, 1.5B decode b1 (graphs):
 # 0 MB 604 tok/s, 4 MB 617, 48 MB 560 (no PDL: 594)
-PREFETCH_BUDGET = int(float(os.environ.get("RWKVRT_PDL_PREFETCH_MB", "4")) * (1 << 20))
+def _budget_from_env(default_mb: float = 4.0) -> int:
+    raw = os.environ.get("RWKVRT_PDL_PREFETCH_MB", "")
+    try:
+        mb = float(raw) if raw else default_mb
+    except ValueError:
+        log.warning("RWKVRT_PDL_PREFETCH_MB=%r is not a number of MB; using %s", raw, default_mb)
+        mb = default_mb
+    return max(0, int(mb * (1 << 20)))
+
+
+PREFETCH_BUDGET = _budget_from_env()
 
 
 def enabled(device: torch.device) -> bool:
