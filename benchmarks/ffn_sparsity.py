@@ -49,7 +49,7 @@ MODELS = {
     "tiny": Path("/work/shared/fixtures/tiny-rwkv-7v0-834K.pth"),
 }
 SHAPES = {"0.1B": (768, 3072, 12), "1.5B": (2048, 8192, 24)}  # C, F, L (L: for the weight-byte share)
-SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
+SPARSITIES = (0.5, 0.55, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 
 # Julius Caesar, Act III Scene II (Project Gutenberg, public domain): a held-out play of the demo
 # model (docs/demo-model.md), so this is text the model predicts but never trained on.
@@ -206,6 +206,48 @@ def _timeit(fn, iters: int) -> float:
     return statistics.median(runs)
 
 
+def sparse_gather_mv(k: torch.Tensor, WvT: torch.Tensor) -> torch.Tensor:
+    """k [1, F] fp32, WvT [F, C] fp32 (W_value.T, [in, out]); neither mutated. Returns k @ WvT [1, C] reading
+    only the rows where k != 0: nonzero, index_select (an [n, C] copy of those rows), mv."""
+    idx = k[0].nonzero().squeeze(1)
+    rows = WvT.index_select(0, idx)
+    return torch.mv(rows.t(), k[0].index_select(0, idx)).unsqueeze(0)
+
+
+def sparse_embedding_bag(k: torch.Tensor, WvT: torch.Tensor) -> torch.Tensor:
+    """Same contract as ``sparse_gather_mv``: sum_j k[idx_j] * WvT[idx_j] as one fused weighted gather
+    (F.embedding_bag, mode "sum"), with no [n, C] copy."""
+    idx = k[0].nonzero().squeeze(1)
+    return F.embedding_bag(idx.unsqueeze(0), WvT, per_sample_weights=k[0, idx].unsqueeze(0), mode="sum")
+
+
+def decode_step_ms(C: int, L: int, V: int = 65536, steps: int = 40) -> float:
+    """Milliseconds per one-token decode step (B = 1, 1 thread) of rwkvrt's CPU fp32 fast path on random
+    weights of shape L x C (speed does not depend on the values)."""
+    from rwkvrt.models.rwkv7 import RWKV7
+    from rwkvrt.models.shapes import make_config, random_state_dict
+    from rwkvrt.state import State
+
+    cfg = make_config(L, C, V)
+    m = RWKV7(cfg, random_state_dict(cfg, seed=0))
+    st, tok = State.zeros(cfg, 1), torch.tensor([[1]])
+    with torch.no_grad():
+        for _ in range(5):
+            m.forward(tok, st)
+        runs = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for _ in range(steps // 3):
+                m.forward(tok, st)
+            runs.append((time.perf_counter() - t0) / (steps // 3) * 1e3)
+    return statistics.median(runs)
+
+
+def value_byte_share(C: int, L: int, V: int = 65536) -> float:
+    """Share of W_value in the weight bytes one decode step reads: 4C*C of ~13.9*C*C per layer, plus the head."""
+    return L * 4 * C * C / (L * 13.9 * C * C + V * C)
+
+
 def part_much(args) -> list[dict]:
     torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(0)
@@ -243,28 +285,13 @@ def part_much(args) -> list[dict]:
                 k[0, torch.randperm(Fd, generator=gen)[: round(s * Fd)]] = 0
                 ks.append(k)
 
-            def gather_mv():
-                k = ks[ctr[0] % 16]
-                idx = k[0].nonzero().squeeze(1)  # which rows this token needs
-                rows_ = WvT[nxt()].index_select(0, idx)  # [n, C] copy of the needed rows only
-                return torch.mv(rows_.t(), k[0].index_select(0, idx)).unsqueeze(0)
-
-            def emb_bag():
-                k = ks[ctr[0] % 16]
-                idx = k[0].nonzero().squeeze(1)
-                # sum_j k[idx_j] * WvT[idx_j]: one fused weighted gather, no [n, C] copy
-                return F.embedding_bag(idx.unsqueeze(0), WvT[nxt()], per_sample_weights=k[0, idx].unsqueeze(0),
-                                       mode="sum")
-
             # exactness of both against dense, once per level
-            kk = ks[0]
-            ref = torch.mm(kk, WvT[0])
-            ctr[0] = -1  # so nxt() returns 0 and ks index 0 inside the calls below
-            g = gather_mv()
-            ctr[0] = -1
-            e = emb_bag()
-            rel = max(((g - ref).abs().max() / ref.abs().max()).item(), ((e - ref).abs().max() / ref.abs().max()).item())
+            ref = torch.mm(ks[0], WvT[0])
+            rel = max(((f(ks[0], WvT[0]) - ref).abs().max() / ref.abs().max()).item()
+                      for f in (sparse_gather_mv, sparse_embedding_bag))
             assert rel < 1e-5, rel
+            gather_mv = lambda: sparse_gather_mv(ks[ctr[0] % 16], WvT[nxt()])  # noqa: E731
+            emb_bag = lambda: sparse_embedding_bag(ks[ctr[0] % 16], WvT[nxt()])  # noqa: E731
             t_g = _timeit(gather_mv, iters)
             t_e = _timeit(emb_bag, iters)
             best = min(t_g, t_e)
@@ -275,6 +302,16 @@ def part_much(args) -> list[dict]:
         # break-even: the lowest measured sparsity where the best sparse method beats the best dense one
         be = [r["sparsity"] for r in rows if r.get("shape") == shape and r.get("dense_us") and r["us"] < r["dense_us"]]
         print(f"break-even ({shape}): " + (f"<= {min(be):.0%} sparsity" if be else "not reached at <= 95%"))
+        print(f"W_value share of the bytes of a decode step at {shape}: {value_byte_share(C, L):.1%}")
+        if shape == "0.1B" and not args.no_step:
+            step = decode_step_ms(C, L)
+            print(f"whole decode step ({shape}, rwkvrt cpu fp32 fast path, B=1, 1 thread): {step:.2f} ms; "
+                  f"dense W_value products {L} x {t_dense_oi:.0f} us = {L * t_dense_oi / 1e3:.2f} ms "
+                  f"({L * t_dense_oi / 1e3 / step:.1%})")
+            print("  step time change with the embedding_bag product, by sparsity:  "
+                  + "  ".join(f"{r['sparsity']:.0%}: {-L * (t_dense_oi - r['us']) / 1e3 / step:+.1%}"
+                              for r in rows if r.get("shape") == shape and r.get("method") == "embedding_bag"))
+            rows.append(dict(kind="step", shape=shape, step_ms=step, value_dense_us=t_dense_oi, layers=L))
         del WvT, Wv
     return rows
 
@@ -287,6 +324,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=1024, help="tokens fed per model (>= 500)")
     ap.add_argument("--no-official", action="store_true", help="skip the logits check vs the official package")
     ap.add_argument("--shapes", default="0.1B,1.5B")
+    ap.add_argument("--no-step", action="store_true", help="skip the whole-decode-step timing at 0.1B")
     ap.add_argument("--json", action="store_true", help="also print one JSON line per result")
     args = ap.parse_args()
     rows = []
