@@ -2,15 +2,26 @@
 
 Same contract and arithmetic as ``rwkvrt.models.rwkv7.RWKV7`` (on CPU with the reference
 backends the two agree to fp32 rounding); what changes is the launch count per layer.
-Decode of one layer is 12 launches, every one graph-capturable:
+
+Decode of 1..decode_max_batch sequences (T = 1, ``_decode``) is 7 launches per layer:
+
+    add_ln_lerp     residual add + ln1 + six token-shift lerps + att_x state write
+    grouped_gemv    r, k, v and the LoRA downs (each on its lerp row, tanh / sigmoid fused)
+    tmix_lora_step  LoRA ups, w0 / a0 / value residual, kk, key update, WKV step (state in
+                    place), group norm, r_k bonus, gate
+    gemv            output projection
+    add_ln_lerp     residual add + ln2 + FFN lerp + ffn_x state write
+    gemv, gemv      FFN key (relu^2 fused) and value
+
+Prefill and larger batches (``_forward``), 12 launches per layer plus the wkv kernels:
 
     add_ln_lerp   residual add (previous FFN) + ln1 + six token-shift lerps + att_x state write
     bmm           r, k, v projections            [3, BT, C] x [3, C, C]
     bmm           LoRA down: v1, w1, a1, g1      [4, BT, C] x [4, C, Dmax]
     tanh_, sigmoid_   on the w and g rows of the LoRA hidden
     bmm           LoRA up: v2, w2, a2, g2        [4, BT, Dmax] x [4, Dmax, C]
-    tmix_core     w0 / a0 / value residual, kk, key update, WKV step (state in place), group norm,
-                  r_k bonus, gate: one kernel
+    tmix_core     pre-kernel (w0 / a0 / value residual, kk, key update), wkv, post-kernel
+                  (group norm, r_k bonus, gate); one step kernel for T <= 16
     linear        output projection
     add_ln_lerp   residual add (attention) + ln2 + FFN lerp + ffn_x state write
     linear, relu_square_, linear   the FFN
@@ -27,7 +38,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from ..errors import StateError
+from ..errors import RWKVRTError, StateError
 from ..ops import decode as decode_ops
 from ..ops import ffn as ffn_ops
 from ..ops import norm as norm_ops
@@ -112,7 +123,9 @@ class RWKV7Fast:
         self._fused_core = self.ops.core is not timemix_ops.tmix_core_reference
         if decode_fused is None:
             decode_fused = self.ops.gemv is not decode_ops.grouped_gemv_reference and not fold_lora_act
-        assert not (decode_fused and fold_lora_act), "decode_fused needs fold_lora_act off"
+        if decode_fused and fold_lora_act:
+            raise RWKVRTError("decode_fused and fold_lora_act cannot both be on", expected="at most one of them",
+                              got="both True", fix="drop fold_lora_act (the decode ops fuse the activations anyway)")
         self.decode_fused, self.decode_max_batch = bool(decode_fused), int(decode_max_batch)
         self.pdl = cfg.n_embd <= PDL_MAX_EMBD
         C = cfg.n_embd
