@@ -267,8 +267,10 @@ class DecodeRunner:
                 bk.graphs[True].replay()
                 bk.logits[False] = bk.logits[True]
                 self._sample(bk, bk.logits[True])
-        bk.host_out.copy_(bk.out, non_blocking=bk.host_out.is_pinned())
-        if bk.host_out.is_pinned():
+        # the staging buffers are pinned exactly when the runner is on cuda (``_bucket``)
+        on_cuda = self.device.type == "cuda"
+        bk.host_out.copy_(bk.out, non_blocking=on_cuda)
+        if on_cuda:
             torch.cuda.current_stream(self.device).synchronize()
         return bk.host_out[:B].clone()
 
@@ -279,10 +281,10 @@ class DecodeRunner:
     def _bucket(self, n: int) -> _Bucket:
         if n not in self._buckets:
             dev = self.device
-            host = torch.zeros(2, n, dtype=torch.int64, pin_memory=dev.type == "cuda")
+            pin = dev.type == "cuda"
+            host = torch.zeros(2, n, dtype=torch.int64, pin_memory=pin)
             dev_in = torch.zeros(2, n, device=dev, dtype=torch.int64)
             dev_in[0] = self.dummy
-            pin = dev.type == "cuda"
             self._buckets[n] = _Bucket(dev_in=dev_in, out=torch.zeros(n, device=dev, dtype=torch.int64),
                                        host_in=host, graphs={}, logits={}, host_np=host.numpy(),
                                        host_out=torch.zeros(n, dtype=torch.int64, pin_memory=pin))

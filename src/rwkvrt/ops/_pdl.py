@@ -16,6 +16,7 @@ Imports triton: only import this module on a machine that has it.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -44,7 +45,13 @@ def enabled(device: torch.device) -> bool:
     """PDL on: a CUDA device of compute capability >= 9, not the interpreter, RWKVRT_PDL != 0."""
     if os.environ.get("TRITON_INTERPRET") == "1" or os.environ.get("RWKVRT_PDL", "1") == "0":
         return False
-    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+    return device.type == "cuda" and _sm90_or_newer(device.index)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm90_or_newer(index: int | None) -> bool:
+    # asked on every decode-kernel launch: the device query is made once per device
+    return torch.cuda.get_device_capability(index)[0] >= 9
 
 
 def prefetch_lines(n_rows: int, row_bytes: int, budget: int | None = None) -> int:
