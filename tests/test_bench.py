@@ -68,7 +68,7 @@ def test_bench_runner_path_on_cpu(capsys, monkeypatch):
     rc = bench.run(_args("--shape", "L2-C128-V1000", "--strategy", "cpu fp32", "--pp", "16", "--tg", "4",
                          "--batch", "1,2", "--warmup", "1", "--repeat", "1", "--json-only"))
     assert rc == 0
-    _check(_lines(capsys), {"rwkvrt"}, path="runner-eager")
+    _check(_lines(capsys), {"rwkvrt"}, path="runner-eager+lookahead")
 
 
 def test_bench_compare_official(capsys):

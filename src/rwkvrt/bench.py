@@ -115,6 +115,16 @@ class _Engine:
     def close(self) -> None:
         pass
 
+    def decode_run(self, batch: int):
+        """A function: (B tokens, n) -> the B tokens after n greedy steps of B sequences."""
+        step = self.decoder(batch)
+
+        def run(toks, n):
+            for _ in range(n):
+                toks = step(toks)
+            return toks
+        return run
+
 
 class _NativeEngine(_Engine):
     def __init__(self, cfg, sd, strategy, max_batch: int, prefill_chunk: int | None):
@@ -145,6 +155,8 @@ class _NativeEngine(_Engine):
             path = "runner-graphs" if self.runner.use_graphs else "runner-eager"
             if fast.decode_fused:
                 path += f"+decode-ops(b<={fast.decode_max_batch})"
+            if os.environ.get("RWKVRT_LOOKAHEAD", "1") != "0":
+                path += "+lookahead"
         else:
             from .model import Model
 
@@ -172,6 +184,22 @@ class _NativeEngine(_Engine):
             logits, _ = self.model.forward(torch.tensor(toks, device=self.device).view(batch, 1), state)
             return logits.argmax(dim=-1).tolist()
         return step
+
+    def decode_run(self, batch: int):
+        """The runner's multi-step decode (the step queued ahead of the host's read-back, as a
+        generation loop runs; RWKVRT_LOOKAHEAD=0 reads each step before queueing the next)."""
+        if self.runner is None:
+            return super().decode_run(batch)
+        la = os.environ.get("RWKVRT_LOOKAHEAD", "1") != "0"
+        sl = self.slots[:batch]
+        for s in sl:
+            self.runner.reset(s)
+
+        def run(toks, n):
+            for row in self.runner.decode(sl, toks, n, lookahead=la):
+                toks = row
+            return toks
+        return run
 
     def close(self) -> None:
         self.runner = self.model = None
@@ -252,16 +280,14 @@ def _time_decode(eng, batch: int, n: int, warmup: int, repeat: int, seed: int) -
     g = torch.Generator().manual_seed(seed + batch)
     toks = torch.randint(0, eng.cfg.vocab_size, (batch,), generator=g).tolist()
     with torch.inference_mode():
-        step = eng.decoder(batch)
+        run = eng.decode_run(batch)
         # warm-up also captures the runner's CUDA graph for this bucket
-        for _ in range(max(1, warmup * max(1, n // 8))):
-            toks = step(toks)
+        toks = run(toks, max(1, warmup * max(1, n // 8)))
         _sync(eng.device)
         times = []
         for _ in range(max(1, repeat)):
             t0 = time.perf_counter()
-            for _ in range(n):
-                toks = step(toks)
+            toks = run(toks, n)
             _sync(eng.device)
             times.append((time.perf_counter() - t0) / n)
     t = statistics.median(times)

@@ -50,6 +50,10 @@ class State:
         """The activation dtype (the WKV part is always float32)."""
         return self.att_x.dtype
 
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(att_x, wkv, ffn_x), each with the batch on axis 1."""
+        return self.att_x, self.wkv, self.ffn_x
+
     def clone(self) -> "State":
         return State(self.att_x.clone(), self.wkv.clone(), self.ffn_x.clone())
 

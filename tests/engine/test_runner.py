@@ -308,3 +308,126 @@ def test_gpu_graphed_prefill_equals_eager():
         outs.append((r.prefill(s, prompt[:100]), r.pool.wkv[:, s].clone()))  # graphs reused, state chained
     assert torch.equal(outs[0][0], outs[2][0]) and torch.equal(outs[0][1], outs[2][1])
     assert torch.equal(outs[1][0], outs[3][0]) and torch.equal(outs[1][1], outs[3][1])
+
+
+def decode_by_steps(runner, slots, toks, limits, stops):
+    """What ``decode`` must yield, one plain ``step`` at a time over the rows still going."""
+    B = len(slots)
+    outs, live, count, cur = [], list(range(B)), [0] * B, list(toks)
+    while live:
+        nxt = runner.step([slots[r] for r in live], [cur[r] for r in live]).tolist()
+        row = [None] * B
+        for r, t in zip(live, nxt):
+            row[r], cur[r] = t, t
+            count[r] += 1
+        outs.append(row)
+        live = [r for r in live if count[r] < limits[r] and row[r] not in stops]
+    return outs
+
+
+def _slot_state(runner, slots):
+    return [t[:, slots].clone() for t in runner.pool.tensors()] + [runner.counter[slots].clone()]
+
+
+@pytest.mark.parametrize("lookahead", [None, True, False])
+@pytest.mark.parametrize("sampled", [False, True])
+def test_runner_decode_equals_stepping_with_stops_and_limits(lookahead, sampled):
+    _, _, fast = setup()
+    runner = DecodeRunner(fast, 4)
+    params = None
+    if sampled:
+        params = SamplingParams(temperature=1.2, top_k=8, presence_penalty=0, frequency_penalty=0, seed=7)
+    slots = [runner.alloc(params) for _ in range(3)]
+    toks = [int(runner.prefill(s, p).argmax()) for s, p in zip(slots, PROMPTS)]
+    before = _slot_state(runner, slots)
+    # a dry run picks a stop token that row 1 meets at its 3rd token
+    probe = decode_by_steps(runner, slots, toks, [8, 8, 8], set())
+    stops = {probe[2][1]}
+    limits = [8, 8, 5]
+
+    def restore():
+        for t, v in zip(runner.pool.tensors(), before):
+            t[:, slots] = v
+        runner.counter[slots] = before[3]
+
+    restore()
+    want = decode_by_steps(runner, slots, toks, limits, stops)
+    want_state = _slot_state(runner, slots)
+    restore()
+    got = list(runner.decode(slots, toks, limits, stop_tokens=stops, lookahead=lookahead))
+    assert got == want
+    assert any(r[1] is None for r in got) and got[-1][2] is None  # rows 1 (stop) and 2 (limit) end early
+    *states, counter = _slot_state(runner, slots)
+    assert torch.equal(counter, want_state[3])
+    for g, w in zip(states, want_state):
+        assert rel_err(g, w) < 1e-5
+    # the next step after decode continues exactly as after stepping
+    last = [next(r[b] for r in reversed(got) if r[b] is not None) for b in range(3)]
+    nxt = runner.step(slots, last).tolist()
+    restore()
+    decode_by_steps(runner, slots, toks, limits, stops)
+    assert runner.step(slots, last).tolist() == nxt
+
+
+def test_runner_decode_closed_early_rolls_back_the_queued_step():
+    _, _, fast = setup()
+    runner = DecodeRunner(fast, 4)
+    s = runner.alloc()
+    tok = int(runner.prefill(s, PROMPTS[0]).argmax())
+    before = _slot_state(runner, [s])
+    want = [r[0] for r in decode_by_steps(runner, [s], [tok], [3], set())]
+    want_state = _slot_state(runner, [s])  # has read tok and the first two tokens, not the third
+    for t, v in zip(runner.pool.tensors(), before):
+        t[:, [s]] = v
+    gen = runner.decode([s], [tok], 50, stop_tokens=[runner.cfg.vocab_size - 1], lookahead=True)
+    got = [next(gen)[0] for _ in range(3)]
+    gen.close()  # the 4th step was queued ahead, fed the 3rd token: undone
+    assert got == want
+    *states, counter = _slot_state(runner, [s])
+    assert torch.equal(counter, want_state[3])
+    for g, w in zip(states, want_state):
+        assert rel_err(g, w) < 1e-5
+
+
+def test_runner_decode_refuses_bad_requests_before_running():
+    _, _, fast = setup()
+    runner = DecodeRunner(fast, 2)
+    s = runner.alloc()
+    pre = _slot_state(runner, [s])
+    for bad in (0, -1, [3, 3], True):
+        with pytest.raises(StateError):
+            runner.decode([s], [1], bad)
+    with pytest.raises(StateError):
+        runner.decode([s, s], [1, 2], 4)
+    for g, w in zip(_slot_state(runner, [s]), pre):
+        assert torch.equal(g, w)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("rows", [1, 3])
+def test_gpu_decode_lookahead_equals_plain_steps(rows):
+    """Graphs: decode with the step queued ahead (and its roll-back at a stop) == decode one step at a
+    time, bit for bit (same bucket, same kernels); and == stepping, token for token."""
+    cfg, sd = gpu_ckpt()
+    fast = RWKV7Fast(cfg, sd, device="cuda", dtype=torch.float16)
+    r = DecodeRunner(fast, 4)
+    slots = [r.alloc() for _ in range(rows)]
+    toks = [int(r.prefill(s, [(b * 31 + j) % 65536 for j in range(3 + b)]).argmax()) for b, s in enumerate(slots)]
+    before = _slot_state(r, slots)
+    probe = list(r.decode(slots, toks, 12))
+    stops = {probe[4][0]}
+    limits = [12, 7, 12][:rows]
+    outs = []
+    for la in (True, False):
+        for t, v in zip(r.pool.tensors(), before):
+            t[:, slots] = v
+        got = list(r.decode(slots, toks, limits, stop_tokens=stops, lookahead=la))
+        outs.append((got, _slot_state(r, slots)))
+    assert outs[0][0] == outs[1][0]
+    assert outs[0][0][-1][0] is None or len(outs[0][0]) <= 5  # row 0 stopped at its stop token
+    for a, b in zip(outs[0][1], outs[1][1]):
+        assert torch.equal(a, b)
+    for t, v in zip(r.pool.tensors(), before):
+        t[:, slots] = v
+    assert decode_by_steps(r, slots, toks, limits, stops) == outs[0][0]

@@ -4,6 +4,14 @@ The whole decode step (embedding gather, every layer, head, sampling) is one gra
 replay; the host copies B slot ids and B token ids in and reads B token ids back.
 On CPU (or ``use_graphs=False``) the same step function runs eagerly.
 
+``decode`` runs many steps with the host one step behind the device: each step's sampled
+tokens are written where the next step reads its input, so step n+1 is queued before the
+host has read step n's tokens, and the host work and the launch latency of each step hide
+behind the previous step's GPU work. A row that samples a stop token has then been fed it
+by the queued step; that step began by copying the batch's states aside, and the row's
+state (and sampling counter) is put back from that copy, so the result equals stepping one
+token at a time.
+
 Random draws are counter-based, not a torch.Generator: row b's noise for step n is a hash
 of (its seed, its step counter, token id), computed on the device. So a seeded sequence
 draws the same tokens whatever batch it shares and whatever bucket it lands in
@@ -25,6 +33,11 @@ from .slots import SlotPool
 log = logging.getLogger(__name__)
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# decode(): the largest bucket that queues a step ahead when stop tokens are given (each such
+# step first copies the rows' states aside: ~1% of a 1.5B step per row, and the host's share of
+# a step, the part the lookahead hides, shrinks as the batch grows). Without stop tokens the
+# lookahead needs no copy and is used at every batch size.
+SNAPSHOT_MAX_BATCH = 8
 _M32 = 0xFFFFFFFF
 
 
@@ -54,12 +67,16 @@ class _Bucket:
     """Static buffers of one batch-size bucket (their addresses are baked into its graphs)."""
 
     dev_in: torch.Tensor   # [2, n] int64 device: row 0 slot ids, row 1 token ids (one H2D copy)
-    out: torch.Tensor      # [n] int64 device
+    out: torch.Tensor      # [n] int64 device: the sampled tokens (a view of dev_in[1] in a runner's
+                           # buckets, so the next step reads them in place)
     host_in: torch.Tensor | None  # [2, n] int64 (pinned on cuda), staging for dev_in
-    graphs: dict          # greedy flag -> torch.cuda.CUDAGraph
-    logits: dict          # greedy flag -> logits [n, V] of the last step (graph output)
+    graphs: dict          # (greedy, snapshot) -> torch.cuda.CUDAGraph (None: sampler runs eagerly)
+    logits: dict          # (greedy, snapshot) -> logits [n, V] of that variant's last step
     host_np: object = None        # numpy view of host_in (cheap element writes)
     host_out: torch.Tensor | None = None  # [n] int64 (pinned on cuda), the step's tokens on the host
+    snap: State | None = None     # the rows' states before the step (snapshot variants only)
+    ring: list | None = None      # decode(): two (pinned host [n] int64, event) pairs
+    last: tuple = (True, False)   # the variant the last step ran (for last_logits)
 
 
 class DecodeRunner:
@@ -234,8 +251,21 @@ class DecodeRunner:
         slots: B distinct allocated slot ids (list or tensor); last_tokens: B token ids.
         Each slot's state advances by one token (padding rows only touch the hidden slot).
         """
-        sl = [int(s) for s in (slots.tolist() if isinstance(slots, torch.Tensor) else slots)]
-        tk = [int(x) for x in (last_tokens.tolist() if isinstance(last_tokens, torch.Tensor) else last_tokens)]
+        sl = slots.tolist() if isinstance(slots, torch.Tensor) else slots
+        tk = last_tokens.tolist() if isinstance(last_tokens, torch.Tensor) else last_tokens
+        bk, greedy = self._prepare(sl, tk)
+        self._launch(bk, greedy, False)
+        # the staging buffers are pinned exactly when the runner is on cuda (``_bucket``)
+        on_cuda = self.device.type == "cuda"
+        bk.host_out.copy_(bk.out, non_blocking=on_cuda)
+        if on_cuda:
+            torch.cuda.current_stream(self.device).synchronize()
+        return bk.host_out[:len(sl)].clone()
+
+    def _prepare(self, slots, last_tokens) -> tuple[_Bucket, bool]:
+        """Check a step batch and queue its ids into the bucket's dev_in; returns (bucket, all greedy)."""
+        sl = [int(s) for s in slots]
+        tk = [int(x) for x in last_tokens]
         B = len(sl)
         if B != len(tk) or B == 0 or len(set(sl)) != B:
             raise StateError("bad step batch", expected="as many distinct slots as tokens, at least one",
@@ -255,28 +285,130 @@ class DecodeRunner:
             hn[0, B:] = self.dummy
             hn[1, B:] = 0
         bk.dev_in.copy_(bk.host_in, non_blocking=True)
-        if not self.use_graphs:
-            bk.logits[greedy] = self._step_body(bk, greedy)
-        else:
-            if greedy not in bk.graphs:
-                self._capture(bk, greedy)
-            g = bk.graphs[greedy]
-            if g is not None:
-                g.replay()
-            else:  # sampling could not be captured: graphed forward, eager sampler
-                bk.graphs[True].replay()
-                bk.logits[False] = bk.logits[True]
-                self._sample(bk, bk.logits[True])
-        # the staging buffers are pinned exactly when the runner is on cuda (``_bucket``)
-        on_cuda = self.device.type == "cuda"
-        bk.host_out.copy_(bk.out, non_blocking=on_cuda)
-        if on_cuda:
-            torch.cuda.current_stream(self.device).synchronize()
-        return bk.host_out[:B].clone()
+        return bk, greedy
 
-    def last_logits(self, n_rows: int, greedy: bool = True) -> torch.Tensor:
-        """Logits [n_rows, V] of the last step run with ``n_rows``'s bucket (a view, overwritten next step)."""
-        return self._buckets[self.bucket_for(n_rows)].logits[greedy][:n_rows]
+    def decode(self, slots, last_tokens, max_tokens, *, stop_tokens=(), lookahead: bool | None = None):
+        """Generate up to ``max_tokens`` tokens per slot; yields, per step, a list of B entries:
+        the row's new token, or None once the row has finished.
+
+        slots, last_tokens: as ``step`` (the last tokens are fed first). max_tokens: an int or one
+        per row (>= 1). A row finishes when it samples a token of ``stop_tokens`` (yielded, not
+        fed: its state has read the tokens before it) or after its max_tokens (the last one is
+        yielded and not fed, ready to be the next call's last token, as with ``step``). The
+        states and sampling counters end exactly as stepping one token at a time would leave them.
+        lookahead: queue step n+1 before reading step n (default: on where it is exact and cheap,
+        see ``SNAPSHOT_MAX_BATCH``). Closing the generator early leaves each row's state with the
+        tokens yielded so far fed, except the last yielded one.
+        """
+        sl = [int(s) for s in (slots.tolist() if isinstance(slots, torch.Tensor) else slots)]
+        B = len(sl)
+        limits = [max_tokens] * B if isinstance(max_tokens, int) else [int(m) for m in max_tokens]
+        if len(limits) != B or any(isinstance(m, bool) or m < 1 for m in limits):
+            raise StateError("bad max_tokens", expected=f"an integer >= 1 or {B} of them (one per slot)",
+                             got=repr(max_tokens), fix="pass e.g. max_tokens=128")
+        stops = {int(t) for t in stop_tokens}
+        tok0 = last_tokens.tolist() if isinstance(last_tokens, torch.Tensor) else list(last_tokens)
+        with torch.inference_mode():
+            bk, greedy = self._prepare(sl, tok0)  # checks the batch (raises before anything runs)
+        return self._decode_steps(bk, greedy, sl, limits, stops, lookahead)
+
+    @torch.inference_mode()
+    def _decode_steps(self, bk: _Bucket, greedy: bool, sl: list[int], limits: list[int], stops: set,
+                      lookahead: bool | None):
+        B, n = len(sl), bk.out.shape[0]
+        if lookahead is None:
+            lookahead = not stops or n <= SNAPSHOT_MAX_BATCH
+        snap = bool(stops) and bool(lookahead)
+        on_cuda = self.device.type == "cuda"
+        if bk.ring is None:
+            bk.ring = [(torch.zeros(n, dtype=torch.int64, pin_memory=on_cuda),
+                        torch.cuda.Event() if on_cuda else None) for _ in range(2)]
+        live = [True] * B            # the row's slot is real in dev_in: the next queued step feeds it
+        count = [0] * B              # tokens yielded per row
+        rows_in = [None, None]       # per ring entry: which rows took part in that step
+
+        def launch(k: int) -> None:
+            self._launch(bk, greedy, snap)
+            host, ev = bk.ring[k % 2]
+            host.copy_(bk.out, non_blocking=on_cuda)
+            if ev is not None:
+                ev.record(torch.cuda.current_stream(self.device))
+            rows_in[k % 2] = list(live)
+
+        def retire(r: int) -> None:  # no further steps for row r: its row runs on the hidden slot
+            live[r] = False
+            bk.dev_in[0, r].fill_(self.dummy)
+
+        def roll_back(r: int, k: int) -> None:
+            """Undo queued step k for row r (it fed a token the row must not read)."""
+            for dst, src in zip(self.pool.tensors(), bk.snap.tensors()):
+                dst[:, sl[r]].copy_(src[:, r])
+            if not greedy:
+                self.counter[sl[r]] -= 1
+            rows_in[k % 2][r] = False
+            retire(r)
+
+        launch(0)
+        k, ahead = 0, False
+        try:
+            while True:
+                for r in range(B):  # rows whose last token comes from step k take no step after it
+                    if live[r] and count[r] + 1 >= limits[r]:
+                        retire(r)
+                ahead = bool(lookahead) and any(live)
+                if ahead:
+                    launch(k + 1)
+                host, ev = bk.ring[k % 2]
+                if ev is not None:
+                    ev.synchronize()
+                toks = host[:B].tolist()
+                out: list = [None] * B
+                for r in range(B):
+                    if not rows_in[k % 2][r]:
+                        continue
+                    out[r] = toks[r]
+                    count[r] += 1
+                    if live[r] and toks[r] in stops:
+                        if ahead:
+                            roll_back(r, k + 1)
+                        else:
+                            retire(r)
+                yield out
+                if not ahead:
+                    if not any(live):
+                        return
+                    launch(k + 1)
+                k += 1
+                ahead = False
+        finally:
+            if ahead and snap:  # closed early with a step queued ahead: undo it for its rows
+                for r in range(B):
+                    if rows_in[(k + 1) % 2][r]:
+                        roll_back(r, k + 1)
+
+    def _launch(self, bk: _Bucket, greedy: bool, snap: bool) -> None:
+        """Queue one step of bucket ``bk`` (graph replay, or eagerly): reads dev_in, writes bk.out."""
+        key = (greedy, snap)
+        bk.last = key
+        if not self.use_graphs:
+            bk.logits[key] = self._step_body(bk, greedy, snap)
+            return
+        if key not in bk.graphs:
+            self._capture(bk, greedy, snap)
+        g = bk.graphs[key]
+        if g is not None:
+            g.replay()
+        else:  # sampling could not be captured: graphed forward, eager sampler
+            bk.graphs[(True, snap)].replay()
+            bk.logits[key] = bk.logits[(True, snap)]
+            self._sample(bk, bk.logits[key])
+
+    def last_logits(self, n_rows: int, greedy: bool | None = None) -> torch.Tensor:
+        """Logits [n_rows, V] of the last step run with ``n_rows``'s bucket (a view, overwritten next step).
+        After ``decode`` stopped rows early, that is the step queued ahead (see ``decode``)."""
+        bk = self._buckets[self.bucket_for(n_rows)]
+        key = bk.last if greedy is None else (greedy, bk.last[1])
+        return bk.logits[key][:n_rows]
 
     def _bucket(self, n: int) -> _Bucket:
         if n not in self._buckets:
@@ -285,13 +417,21 @@ class DecodeRunner:
             host = torch.zeros(2, n, dtype=torch.int64, pin_memory=pin)
             dev_in = torch.zeros(2, n, device=dev, dtype=torch.int64)
             dev_in[0] = self.dummy
-            self._buckets[n] = _Bucket(dev_in=dev_in, out=torch.zeros(n, device=dev, dtype=torch.int64),
+            # the sampled tokens land in the input row: a queued next step reads them there
+            self._buckets[n] = _Bucket(dev_in=dev_in, out=dev_in[1],
                                        host_in=host, graphs={}, logits={}, host_np=host.numpy(),
                                        host_out=torch.zeros(n, dtype=torch.int64, pin_memory=pin))
         return self._buckets[n]
 
-    def _step_body(self, bk: _Bucket, greedy: bool) -> torch.Tensor:
-        """Everything the graph holds: forward + argmax or sampler, writing bk.out. Returns the logits."""
+    def _step_body(self, bk: _Bucket, greedy: bool, snap: bool = False) -> torch.Tensor:
+        """Everything the graph holds: [state snapshot,] forward + argmax or sampler, writing bk.out.
+        Returns the logits."""
+        if snap:
+            if bk.snap is None:
+                n = bk.out.shape[0]
+                bk.snap = State.zeros(self.cfg, n, device=self.device, dtype=self.pool.dtype)
+            for src, dst in zip(self.pool.tensors(), bk.snap.tensors()):
+                torch.index_select(src, 1, bk.dev_in[0], out=dst)
         logits = self.model.forward(bk.dev_in[1].unsqueeze(1), self.pool, slots=bk.dev_in[0])  # [n, V]
         if greedy:
             bk.out.copy_(logits.argmax(dim=-1))
@@ -309,14 +449,15 @@ class DecodeRunner:
         bk.out.copy_((logp - noise.log()).argmax(dim=-1))
         self.counter.index_add_(0, s, torch.ones_like(s))
 
-    def _capture(self, bk: _Bucket, greedy: bool) -> None:
+    def _capture(self, bk: _Bucket, greedy: bool, snap: bool = False) -> None:
         """Warm up on a side stream (compiles kernels, sizes cuBLAS workspaces), then capture.
 
         Warm-up and capture run with every row on the hidden slot, so no real state moves.
         If the sampler cannot be captured (an op that syncs in some torch build), sampling
         batches replay the greedy graph and run the sampler eagerly (logged once)."""
-        if not greedy and True not in bk.graphs:
-            self._capture(bk, True)
+        key = (greedy, snap)
+        if not greedy and (True, snap) not in bk.graphs:
+            self._capture(bk, True, snap)
         real = bk.dev_in.clone()
         bk.dev_in[0].fill_(self.dummy)
         try:
@@ -324,17 +465,18 @@ class DecodeRunner:
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
                 for _ in range(2):
-                    self._step_body(bk, greedy)
+                    self._step_body(bk, greedy, snap)
             torch.cuda.current_stream(self.device).wait_stream(side)
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g, pool=self._mempool):
-                bk.logits[greedy] = self._step_body(bk, greedy)
-            bk.graphs[greedy] = g
+                bk.logits[key] = self._step_body(bk, greedy, snap)
+            bk.graphs[key] = g
         except RuntimeError as e:
             if greedy:
                 raise
             log.warning("sampling step could not be captured (%s): sampler runs eagerly", e)
-            bk.graphs[False] = None
+            bk.graphs[key] = None
         finally:
             bk.dev_in.copy_(real)
-        log.info("captured decode graph: bucket %d, %s", bk.out.shape[0], "greedy" if greedy else "sampling")
+        log.info("captured decode graph: bucket %d, %s%s", bk.out.shape[0], "greedy" if greedy else "sampling",
+                 " + state snapshot" if snap else "")
