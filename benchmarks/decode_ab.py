@@ -1,0 +1,120 @@
+"""Batch-1 decode A/B in one process: each shape's weights are made once, each variant gets its own
+DecodeRunner (its own graphs), so variants differ only in what they name.
+
+    PYTHONPATH=src python benchmarks/decode_ab.py [--shapes 0.1B,1.5B,7.2B] [--variants ...] [--tg 128]
+
+Variants (comma separated; default: all that apply):
+  step        runner.step in a loop, the host reads each token before queueing the next
+  decode      runner.decode: the next step queued before the host reads the last (lookahead)
+  decode_stop runner.decode with a stop token (adds the per-step state snapshot for roll-back)
+  gpu         graph replays back to back, one sync at the end (the GPU time per step)
+  pdl_off / pdl_on        decode with programmatic dependent launch forced off / on
+  dch64 / dch128          decode with the time-mix kernel's LoRA-up tile at 64 / 128 rank columns
+  tmix_w4 / tmix_w16      decode with the time-mix kernel at 4 / 16 warps
+  fuse_ln                 decode with the model's decode_fuse_ln on (if the model has it)
+Prints one JSON line per (shape, variant) and a short table on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+from rwkvrt.bench_ceilings import random_weights
+from rwkvrt.engine.runner import DecodeRunner
+from rwkvrt.models.rwkv7_fast import RWKV7Fast
+from rwkvrt.models.shapes import published_config
+from rwkvrt.ops.decode import triton_tmix_lora as tmix_mod
+
+ALL = ["step", "decode", "decode_stop", "gpu", "pdl_off", "pdl_on", "dch64", "dch128", "tmix_w4", "tmix_w16",
+       "fuse_ln"]
+
+
+def timed(fn, reps: int) -> float:
+    ts = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> float:
+    """tok/s of batch-1 decode for variant v (model knobs set and restored around it)."""
+    saved = (m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS, getattr(m, "decode_fuse_ln", None))
+    try:
+        if v == "pdl_off":
+            m.pdl = False
+        elif v == "pdl_on":
+            m.pdl = True
+        elif v.startswith("dch"):
+            tmix_mod.DCH = int(v[3:])
+        elif v.startswith("tmix_w"):
+            tmix_mod.NUM_WARPS = int(v[6:])
+        elif v == "fuse_ln":
+            if saved[3] is None:
+                raise RuntimeError("this model has no decode_fuse_ln")
+            m.decode_fuse_ln = True
+        r = DecodeRunner(m, 1)
+        s = r.alloc()
+        r.prefill(s, [1, 2, 3])
+        V = m.cfg.vocab_size
+        with torch.inference_mode():
+            if v == "step":
+                def fn():
+                    tok = [5]
+                    for _ in range(tg):
+                        tok = r.step([s], tok).tolist()
+            elif v == "gpu":
+                r.step([s], [5])
+                g = r._buckets[1].graphs[(True, False)]
+
+                def fn():
+                    for _ in range(tg):
+                        g.replay()
+            else:
+                stops = [V - 1] if v == "decode_stop" else []
+
+                def fn():
+                    for _ in r.decode([s], [5], tg, stop_tokens=stops):
+                        pass
+            fn()  # warm-up: captures the graphs
+            return tg / timed(fn, reps)
+    finally:
+        m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS = saved[:3]
+        if saved[3] is not None:
+            m.decode_fuse_ln = saved[3]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", default="0.1B,1.5B,7.2B")
+    ap.add_argument("--variants", default=",".join(ALL))
+    ap.add_argument("--tg", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=3)
+    a = ap.parse_args()
+    dev, dt = torch.device("cuda"), torch.float16
+    name = torch.cuda.get_device_name()
+    for shape in a.shapes.split(","):
+        cfg = published_config(shape)
+        m = RWKV7Fast(cfg, random_weights(cfg, dev, dt), device=dev, dtype=dt)
+        for v in a.variants.split(","):
+            line = {"device": name, "shape": shape, "variant": v, "tg": a.tg}
+            try:
+                line["tokens_per_s"] = round(run_variant(m, v, a.tg, a.reps), 1)
+            except Exception as e:  # noqa: BLE001 - a failed variant must not end the sweep
+                line["error"] = f"{type(e).__name__}: {e}"[:300]
+            print(json.dumps(line), flush=True)
+            print(f"{shape:>5} {v:<12} {line.get('tokens_per_s', line.get('error'))}", file=sys.stderr, flush=True)
+        del m
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
