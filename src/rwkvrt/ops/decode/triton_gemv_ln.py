@@ -19,10 +19,12 @@ Memory ordering (the whole risk of the pattern):
     gdc_wait waits for this whole grid, the last program's epilogue included.
 
 The epilogue walks each row in LN_CHUNK-wide chunks (three passes: sum, centred sum of squares,
-output) so that its registers do not grow with C (C up to 16384 with 4 warps). For C <=
-LN_CHUNK a pass is one chunk and the arithmetic is that of ``add_ln_lerp_fwd_kernel``: the sum
-of x + residual rounded to residual's dtype, mean, the two-pass variance, ``d * (1/sqrt(var +
-eps)) * w + b`` rounded to the activation dtype, the shifted row rounded to it too.
+output) so that its registers do not grow with C and stay at the plain GEMV's. The arithmetic
+and its roundings are those of ``add_ln_lerp_fwd_kernel``: x + residual rounded to residual's
+dtype, mean, the two-pass variance, ``d * (1/sqrt(var + eps)) * w + b`` rounded to the
+activation dtype, the shifted row rounded to it too; only the order of the two row sums differs
+when C > LN_CHUNK (sum of chunk sums), so the normed row may differ from the unfused kernel's in
+the last bit there.
 
 Imports triton: only import this module on a machine that has it.
 """
@@ -36,8 +38,9 @@ from .. import _pdl
 from .reference import ACT_NONE, RowGroups
 from .triton_gemv import MAX_M, NUM_WARPS, STAGES, grouped_gemv_kernel, pick_blocks
 
-# channels per epilogue step: 2048 fp32 over 128 threads is 16 registers per live row tensor
-LN_CHUNK = 2048
+# channels per epilogue step. sm_90 ptxas, fp16, K 2048, 4 warps, B 1: 512 -> 40 registers (the
+# plain GEMV's 40: the epilogue costs the GEMV no occupancy), 1024 -> 55, 2048 -> 79 (108 with 6 mix rows)
+LN_CHUNK = 512
 
 
 @triton.jit
@@ -132,11 +135,12 @@ def gemv_add_ln_lerp_kernel(x_ptr, w_ptr, out_ptr, xrow_ptr, M, N, sxg, sxm, som
 def gemv_add_ln_lerp_triton(xs: torch.Tensor, W: torch.Tensor, groups: RowGroups, x_scratch: torch.Tensor,
                             res: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor, x_prev: torch.Tensor,
                             mix: torch.Tensor, *, eps: float, slots: torch.Tensor | None, counter: torch.Tensor,
-                            pdl: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                            pdl: bool | None = None, ln_chunk: int = LN_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
     """See ``rwkvrt.ops.decode`` (``gemv_add_ln_lerp``): (lerps [Mx, B, 1, C], new_res [B, 1, C]).
 
     x_scratch [B, C] is written (the GEMV result), x_prev rows ``slots`` are updated in place,
-    counter (int32 [1], zero on entry) is left zero."""
+    counter (int32 [1], zero on entry) is left zero. ln_chunk: epilogue channels per step (power of 2;
+    tests use a small one to exercise several steps on small rows)."""
     G, B, K = xs.shape
     C = W.shape[0]
     assert W.shape == (C, K) and W.is_contiguous(), "W must be a contiguous [C, K]"
@@ -168,6 +172,6 @@ def gemv_add_ln_lerp_triton(xs: torch.Tensor, W: torch.Tensor, groups: RowGroups
         lerps, new_res, counter, res.stride(0), x_prev.stride(0), mix.stride(0), float(eps),
         K=K, BLOCK_N=bn, BLOCK_K=bk, M_PAD=triton.next_power_of_2(B), EVEN_N=C % bn == 0, STAGES=STAGES,
         USE_PDL=pdl, PF_LINES=_pdl.prefetch_lines(C, K * W.element_size()), LINE_ELEMS=line,
-        MIX=Mx, HAS_SLOTS=slots is not None, CHUNK=min(triton.next_power_of_2(C), LN_CHUNK),
+        MIX=Mx, HAS_SLOTS=slots is not None, CHUNK=min(triton.next_power_of_2(C), ln_chunk),
         num_warps=NUM_WARPS, launch_pdl=pdl)
     return lerps, new_res
