@@ -369,6 +369,29 @@ def test_runner_decode_equals_stepping_with_stops_and_limits(lookahead, sampled)
     assert runner.step(slots, last).tolist() == nxt
 
 
+@pytest.mark.parametrize("lookahead", [True, False])
+def test_runner_decode_single_row_stop_ends_at_the_stop_token(lookahead):
+    _, _, fast = setup()
+    runner = DecodeRunner(fast, 2)
+    s = runner.alloc()
+    tok = int(runner.prefill(s, PROMPTS[0]).argmax())
+    before = _slot_state(runner, [s])
+    probe = [r[0] for r in decode_by_steps(runner, [s], [tok], [6], set())]
+    stop = probe[2]
+    n_want = probe.index(stop) + 1
+    want_state = None
+    for t, v in zip(runner.pool.tensors(), before):
+        t[:, [s]] = v
+    decode_by_steps(runner, [s], [tok], [6], {stop})
+    want_state = _slot_state(runner, [s])
+    for t, v in zip(runner.pool.tensors(), before):
+        t[:, [s]] = v
+    got = list(runner.decode([s], [tok], 6, stop_tokens=[stop], lookahead=lookahead))
+    assert got == [[t] for t in probe[:n_want]]  # no trailing all-None step
+    for g, w in zip(_slot_state(runner, [s]), want_state):
+        assert torch.equal(g, w) if g.dtype == torch.int64 else rel_err(g, w) < 1e-5
+
+
 def test_runner_decode_closed_early_rolls_back_the_queued_step():
     _, _, fast = setup()
     runner = DecodeRunner(fast, 4)

@@ -352,6 +352,8 @@ class DecodeRunner:
         k, ahead = 0, False
         try:
             while True:
+                if not any(rows_in[k % 2]):  # every row was rolled back out of this step: all done
+                    return
                 for r in range(B):  # rows whose last token comes from step k take no step after it
                     if live[r] and count[r] + 1 >= limits[r]:
                         retire(r)
