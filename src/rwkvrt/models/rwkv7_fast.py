@@ -108,6 +108,12 @@ class RWKV7Fast:
         activations, LoRA-up inside the time-mix kernel). None = on when the backend is triton.
         Needs fold_lora_act off. decode_max_batch 4: H100 decode tok/s general -> decode ops,
         1.5B: b2 942 -> 1,110, b4 1,879 -> 2,044, b8 3,689 -> 2,624 (GEMM wins from 8 rows).
+    decode_fuse_ln: (decode_fused only) fold each add_ln_lerp that follows a GEMV into it
+        (``gemv_add_ln_lerp``: Wo + ln2, ffn value + the next layer's ln1; the last GEMV program
+        runs the LayerNorm): 5 launches per layer instead of 7, same results. Each fused call
+        site has its own int32 counter (``_ln_counters``, [2 * n_layer]), so one model must
+        not run two decode steps concurrently on different streams. Off by default until
+        measured on the GPU.
     """
 
     SHORT_T = 4  # reference core: the fp32 loop up to this T, the chunked wkv above
@@ -115,7 +121,7 @@ class RWKV7Fast:
     def __init__(self, cfg: RWKV7Config, sd: dict[str, torch.Tensor], *, device="cpu",
                  dtype: torch.dtype = torch.float16, backend: str = "auto", rkv_bmm: bool = True,
                  prefill_chunk: int = 2048, fold_lora_act: bool = False,
-                 decode_fused: bool | None = None, decode_max_batch: int = 4):
+                 decode_fused: bool | None = None, decode_max_batch: int = 4, decode_fuse_ln: bool = False):
         self.cfg, self.device, self.dtype = cfg, torch.device(device), dtype
         self.backend, self.rkv_bmm, self.prefill_chunk = backend, rkv_bmm, int(prefill_chunk)
         self.fold_lora_act = fold_lora_act
@@ -128,6 +134,12 @@ class RWKV7Fast:
                               got="both True", fix="drop fold_lora_act (the decode ops fuse the activations anyway)")
         self.decode_fused, self.decode_max_batch = bool(decode_fused), int(decode_max_batch)
         self.pdl = cfg.n_embd <= PDL_MAX_EMBD
+        self.decode_fuse_ln = bool(decode_fuse_ln) and self.decode_fused
+        if self.decode_fuse_ln:
+            ew = "reference" if backend == "torch" else backend
+            self._gemv_ln = decode_ops.resolve_gemv_ln(self.device.type, ew)
+            # one zeroed counter per fused call site (layer i: 2i after Wo, 2i + 1 after ffn value)
+            self._ln_counters = torch.zeros(2 * cfg.n_layer, device=self.device, dtype=torch.int32)
         C = cfg.n_embd
         with torch.no_grad():
             f32 = lambda n: sd[n].to(self.device, torch.float32)  # noqa: E731
@@ -284,20 +296,34 @@ class RWKV7Fast:
         x = self.emb[tokens]  # [B, 1, C]
         res = torch.zeros(B, 1, C, device=dev, dtype=torch.float32)
         v_first = None
+        fuse, L = self.decode_fuse_ln, len(self.layers)
         for i, p in enumerate(self.layers):
-            xs, res = self.ops.shift.add_ln_lerp(x, res, p.ln1[0], p.ln1[1], state.att_x[i], p.mix6,
-                                                 eps=LN_EPS, slots=slots, pdl=self.pdl)
+            if i == 0 or not fuse:
+                xs, res = self.ops.shift.add_ln_lerp(x, res, p.ln1[0], p.ln1[1], state.att_x[i], p.mix6,
+                                                     eps=LN_EPS, slots=slots, pdl=self.pdl)
+            # else xs / res come from the previous layer's ffn-value GEMV with this layer's ln1 fused in
             rkvh = gemv(xs.view(6, B, C), p.W_in, p.in_groups, new(p.W_in.shape[0]))
             if i == 0:
                 v_first = rkvh[:, 2 * C:3 * C]
             out = self.ops.tmix_lora(rkvh, state.wkv[i], slots, lora=p.lora_cols, up=p.up_views, w0=p.w0, a0=p.a0,
                                      v0=p.v0, v_first=v_first if i else None, k_k=p.k_k, k_a=p.k_a, r_k=p.r_k,
                                      ln_w=p.ln_x[0], ln_b=p.ln_x[1], pdl=self.pdl)
-            att = gemv(out.view(1, B, C), p.Wo, p.o_groups, new(C))
-            xk, res = self.ops.shift.add_ln_lerp(att.view(B, 1, C), res, p.ln2[0], p.ln2[1], state.ffn_x[i],
-                                                 p.ffn_mix, eps=LN_EPS, slots=slots, pdl=self.pdl)
+            if fuse:
+                xk, res = self._gemv_ln(out.view(1, B, C), p.Wo, p.o_groups, new(C), res, p.ln2[0], p.ln2[1],
+                                        state.ffn_x[i], p.ffn_mix, eps=LN_EPS, slots=slots,
+                                        counter=self._ln_counters[2 * i:2 * i + 1], pdl=self.pdl)
+            else:
+                att = gemv(out.view(1, B, C), p.Wo, p.o_groups, new(C))
+                xk, res = self.ops.shift.add_ln_lerp(att.view(B, 1, C), res, p.ln2[0], p.ln2[1], state.ffn_x[i],
+                                                     p.ffn_mix, eps=LN_EPS, slots=slots, pdl=self.pdl)
             h = gemv(xk.view(1, B, C), p.ffn_key, p.key_groups, new(p.ffn_key.shape[0]))
-            x = gemv(h.view(1, B, -1), p.ffn_value, p.o_groups, new(C)).view(B, 1, C)
+            if fuse and i + 1 < L:
+                nxt = self.layers[i + 1]
+                xs, res = self._gemv_ln(h.view(1, B, -1), p.ffn_value, p.o_groups, new(C), res, nxt.ln1[0],
+                                        nxt.ln1[1], state.att_x[i + 1], nxt.mix6, eps=LN_EPS, slots=slots,
+                                        counter=self._ln_counters[2 * i + 1:2 * i + 2], pdl=self.pdl)
+            else:
+                x = gemv(h.view(1, B, -1), p.ffn_value, p.o_groups, new(C)).view(B, 1, C)
         xn, _ = self.ops.norm.add_layer_norm(x, res, self.ln_out[0], self.ln_out[1], LN_EPS)
         logits = torch.empty(B, self.head.shape[0], device=dev, dtype=torch.float32 if self._head_fp32 else dt)
         return gemv(xn.view(1, B, C), self.head, self.head_groups, logits)

@@ -79,14 +79,3 @@ def resolve_gemv_ln(device: str, backend: str = "auto"):
         return gemv_add_ln_lerp_triton
 
     return choose("the fused decode GEMV + LayerNorm op", device, backend, gemv_add_ln_lerp_reference, triton)
-
-
-def resolve_gemv_ln(device: str, backend: str = "auto"):
-    """gemv_add_ln_lerp for ``device``; auto -> triton on cuda, reference elsewhere."""
-    from .._backend import choose
-
-    def triton():
-        from .triton_gemv_ln import gemv_add_ln_lerp_triton
-        return gemv_add_ln_lerp_triton
-
-    return choose("the fused GEMV + LayerNorm decode op", device, backend, gemv_add_ln_lerp_reference, triton)
