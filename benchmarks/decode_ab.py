@@ -9,6 +9,7 @@ Variants (comma separated; default: all that apply):
   decode_stop runner.decode with a stop token (adds the per-step state snapshot for roll-back)
   gpu         graph replays back to back, one sync at the end (the GPU time per step)
   pdl_off / pdl_on        decode with programmatic dependent launch forced off / on
+  pdl_on_except_K[+K2]    PDL on except for the kernel kinds K (gemv, ln, tmix)
   dch64 / dch128          decode with the time-mix kernel's LoRA-up tile at 64 / 128 rank columns
   tmix_w4 / tmix_w16      decode with the time-mix kernel at 4 / 16 warps
   fuse_ln                 decode with the model's decode_fuse_ln on (if the model has it)
@@ -28,10 +29,11 @@ from rwkvrt.bench_ceilings import random_weights
 from rwkvrt.engine.runner import DecodeRunner
 from rwkvrt.models.rwkv7_fast import RWKV7Fast
 from rwkvrt.models.shapes import published_config
+from rwkvrt.ops import _pdl
 from rwkvrt.ops.decode import triton_tmix_lora as tmix_mod
 
-ALL = ["step", "decode", "decode_stop", "gpu", "pdl_off", "pdl_on", "dch64", "dch128", "tmix_w4", "tmix_w16",
-       "fuse_ln"]
+ALL = ["step", "decode", "decode_stop", "gpu", "pdl_off", "pdl_on", "pdl_on_except_gemv", "pdl_on_except_ln+tmix",
+       "dch64", "dch128", "tmix_w4", "tmix_w16", "fuse_ln"]
 
 
 def timed(fn, reps: int) -> float:
@@ -48,8 +50,12 @@ def timed(fn, reps: int) -> float:
 def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> float:
     """tok/s of batch-1 decode for variant v (model knobs set and restored around it)."""
     saved = (m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS, getattr(m, "decode_fuse_ln", None))
+    off_kinds = set(_pdl.OFF_KINDS)
     try:
-        if v == "pdl_off":
+        if v.startswith("pdl_on_except_"):
+            m.pdl = True
+            _pdl.OFF_KINDS.update(v[len("pdl_on_except_"):].split("+"))
+        elif v == "pdl_off":
             m.pdl = False
         elif v == "pdl_on":
             m.pdl = True
@@ -88,6 +94,8 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> float:
             return tg / timed(fn, reps)
     finally:
         m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS = saved[:3]
+        _pdl.OFF_KINDS.clear()
+        _pdl.OFF_KINDS.update(off_kinds)
         if saved[3] is not None:
             m.decode_fuse_ln = saved[3]
 

@@ -41,11 +41,22 @@ def _budget_from_env(default_mb: float = 4.0) -> int:
 PREFETCH_BUDGET = _budget_from_env()
 
 
-def enabled(device: torch.device) -> bool:
-    """PDL on: a CUDA device of compute capability >= 9, not the interpreter, RWKVRT_PDL != 0."""
-    if os.environ.get("TRITON_INTERPRET") == "1" or os.environ.get("RWKVRT_PDL", "1") == "0":
+# kernel kinds ("gemv", "ln", "tmix") launched without PDL whatever the caller asks (A/B knob:
+# RWKVRT_PDL_OFF=gemv,ln; read at import, and the set may be changed at run time)
+OFF_KINDS = {k for k in os.environ.get("RWKVRT_PDL_OFF", "").split(",") if k}
+
+
+def enabled(device: torch.device, kind: str | None = None) -> bool:
+    """PDL on: a CUDA device of compute capability >= 9, not the interpreter, RWKVRT_PDL != 0,
+    ``kind`` not in OFF_KINDS."""
+    if os.environ.get("TRITON_INTERPRET") == "1" or os.environ.get("RWKVRT_PDL", "1") == "0" or kind in OFF_KINDS:
         return False
     return device.type == "cuda" and _sm90_or_newer(device.index)
+
+
+def resolve(want: bool | None, device: torch.device, kind: str) -> bool:
+    """A launch's PDL flag: the caller's ``want`` (None = the device default) and ``enabled``."""
+    return enabled(device, kind) if want is None else bool(want) and enabled(device, kind)
 
 
 @functools.lru_cache(maxsize=None)

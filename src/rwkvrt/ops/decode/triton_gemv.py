@@ -103,7 +103,7 @@ def grouped_gemv_triton(xs: torch.Tensor, W: torch.Tensor, groups: RowGroups, ou
     assert tables is not None, "block_n must divide every group's rows"
     xrow, act = tables
     grid = (triton.cdiv(N, bn),)
-    pdl = _pdl.enabled(W.device) if pdl is None else pdl and _pdl.enabled(W.device)
+    pdl = _pdl.resolve(pdl, W.device, "gemv")
     line = _pdl.L2_LINE // W.element_size()
     grouped_gemv_kernel[grid](xs, W, out, xrow, act, M, N, xs.stride(0), xs.stride(1), out.stride(0),
                               K=K, BLOCK_N=bn, BLOCK_K=bk, M_PAD=triton.next_power_of_2(M),

@@ -109,7 +109,7 @@ def tmix_lora_step_triton(rkvh, state, slots, *, lora, up, w0, a0, v0, v_first, 
     (ow, dw), (oa, da), (og, dg) = lora["w"], lora["a"], lora["g"]
     ov, dv = lora["v"] if has_v else (0, DCH)
     out = torch.empty((B, C), device=rkvh.device, dtype=rkvh.dtype)
-    pdl = _pdl.enabled(rkvh.device) if pdl is None else pdl and _pdl.enabled(rkvh.device)
+    pdl = _pdl.resolve(pdl, rkvh.device, "tmix")
     line = _pdl.L2_LINE // ups[0].element_size()
     up_lines = triton.next_power_of_2(max(1, -(-max(dw, da, dg, dv) // line))) if _pdl.PREFETCH_BUDGET > 0 else 0
     if B == 0:

@@ -171,7 +171,7 @@ def add_ln_lerp_triton(x, residual, weight, bias, x_prev, mix, *, eps: float = 1
     num_warps = 4 if BLOCK_C <= 1024 else (8 if BLOCK_C <= 4096 else 16)
     if slots is not None:
         slots = slots.to(device=residual.device, dtype=torch.int64)
-    pdl = _pdl.enabled(residual.device) if pdl is None else pdl and _pdl.enabled(residual.device)
+    pdl = _pdl.resolve(pdl, residual.device, "ln")
     # few rows (decode): split each row's stores over several programs (each recomputes the
     # row statistics from L2) so one SM does not serialise the whole row's output
     slice_c = BLOCK_C if B * T >= 64 else min(BLOCK_C, DECODE_SLICE)
