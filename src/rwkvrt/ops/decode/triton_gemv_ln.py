@@ -120,8 +120,11 @@ def gemv_add_ln_lerp_kernel(x_ptr, w_ptr, out_ptr, xrow_ptr, M, N, sxg, sxm, som
                             MIX: tl.constexpr, HAS_SLOTS: tl.constexpr, CHUNK: tl.constexpr):
     """Grid (cdiv(N, BLOCK_N),): out = xs[xrow] @ W.T (rows of this program), then the last
     program to finish runs add_ln_lerp on all M rows (module docstring)."""
-    grouped_gemv_kernel(x_ptr, w_ptr, out_ptr, xrow_ptr, xrow_ptr, M, N, sxg, sxm, som,
-                        K, BLOCK_N, BLOCK_K, M_PAD, False, EVEN_N, STAGES, USE_PDL, PF_LINES, LINE_ELEMS)
+    # by keyword: a parameter added to the GEMV kernel cannot silently shift these
+    grouped_gemv_kernel(x_ptr=x_ptr, w_ptr=w_ptr, out_ptr=out_ptr, xrow_ptr=xrow_ptr, act_ptr=xrow_ptr, M=M, N=N,
+                        sxg=sxg, sxm=sxm, som=som, K=K, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, M_PAD=M_PAD,
+                        HAS_ACT=False, EVEN_N=EVEN_N, STAGES=STAGES, USE_PDL=USE_PDL, PF_LINES=PF_LINES,
+                        LINE_ELEMS=LINE_ELEMS)
     # every thread's output stores are issued before the one release below
     tl.debug_barrier()
     old = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu")
