@@ -138,7 +138,8 @@ def gemv_add_ln_lerp_kernel(x_ptr, w_ptr, out_ptr, xrow_ptr, M, N, sxg, sxm, som
 def gemv_add_ln_lerp_triton(xs: torch.Tensor, W: torch.Tensor, groups: RowGroups, x_scratch: torch.Tensor,
                             res: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor, x_prev: torch.Tensor,
                             mix: torch.Tensor, *, eps: float, slots: torch.Tensor | None, counter: torch.Tensor,
-                            pdl: bool | None = None, ln_chunk: int = LN_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+                            pdl: bool | None = None,
+                            ln_chunk: int = LN_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
     """See ``rwkvrt.ops.decode`` (``gemv_add_ln_lerp``): (lerps [Mx, B, 1, C], new_res [B, 1, C]).
 
     x_scratch [B, C] is written (the GEMV result), x_prev rows ``slots`` are updated in place,
