@@ -168,7 +168,8 @@ def gemv_add_ln_lerp_triton(xs: torch.Tensor, W: torch.Tensor, groups: RowGroups
     xrow, _ = groups.tables(W.device, bn)
     if slots is not None:
         slots = slots.to(device=W.device, dtype=torch.int64)
-    pdl = _pdl.enabled(W.device) if pdl is None else pdl and _pdl.enabled(W.device)
+    # a GEMV launch for the PDL A/B knob (RWKVRT_PDL_OFF=gemv turns it off too)
+    pdl = _pdl.resolve(pdl, W.device, "gemv")
     line = _pdl.L2_LINE // W.element_size()
     gemv_add_ln_lerp_kernel[(triton.cdiv(C, bn),)](
         xs, W, x_scratch, xrow, B, C, xs.stride(0), xs.stride(1), x_scratch.stride(0),
