@@ -12,7 +12,7 @@ Variants (comma separated; default: all that apply):
   pdl_on_except_K[+K2]    PDL on except for the kernel kinds K (gemv, ln, tmix)
   dch64 / dch128          decode with the time-mix kernel's LoRA-up tile at 64 / 128 rank columns
   tmix_w4 / tmix_w16      decode with the time-mix kernel at 4 / 16 warps
-  fuse_ln                 decode with the model's decode_fuse_ln on (if the model has it)
+  fuse_ln[_pdl_on|_pdl_off]  decode with decode_fuse_ln on (gemv_add_ln_lerp), PDL as the model's default / on / off
 Prints one JSON line per (shape, variant) and a short table on stderr.
 """
 from __future__ import annotations
@@ -30,10 +30,11 @@ from rwkvrt.engine.runner import DecodeRunner
 from rwkvrt.models.rwkv7_fast import RWKV7Fast
 from rwkvrt.models.shapes import published_config
 from rwkvrt.ops import _pdl
+from rwkvrt.ops.decode import resolve_gemv_ln
 from rwkvrt.ops.decode import triton_tmix_lora as tmix_mod
 
 ALL = ["step", "decode", "decode_stop", "gpu", "pdl_off", "pdl_on", "pdl_on_except_gemv", "pdl_on_except_ln+tmix",
-       "dch64", "dch128", "tmix_w4", "tmix_w16", "fuse_ln"]
+       "dch64", "dch128", "tmix_w4", "tmix_w16", "fuse_ln", "fuse_ln_pdl_on", "fuse_ln_pdl_off"]
 
 
 def timed(fn, reps: int) -> float:
@@ -47,8 +48,9 @@ def timed(fn, reps: int) -> float:
     return statistics.median(ts)
 
 
-def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> float:
-    """tok/s of batch-1 decode for variant v (model knobs set and restored around it)."""
+def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[int]]:
+    """(tok/s of batch-1 decode, its first 24 greedy tokens) for variant v (model knobs set and
+    restored around it)."""
     saved = (m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS, getattr(m, "decode_fuse_ln", None))
     off_kinds = set(_pdl.OFF_KINDS)
     try:
@@ -63,10 +65,15 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> float:
             tmix_mod.DCH = int(v[3:])
         elif v.startswith("tmix_w"):
             tmix_mod.NUM_WARPS = int(v[6:])
-        elif v == "fuse_ln":
-            if saved[3] is None:
-                raise RuntimeError("this model has no decode_fuse_ln")
+        elif v.startswith("fuse_ln"):
+            if not hasattr(m, "_ln_counters"):
+                m._gemv_ln = resolve_gemv_ln("cuda")
+                m._ln_counters = torch.zeros(2 * m.cfg.n_layer, device=m.device, dtype=torch.int32)
             m.decode_fuse_ln = True
+            if v.endswith("_pdl_on"):
+                m.pdl = True
+            elif v.endswith("_pdl_off"):
+                m.pdl = False
         r = DecodeRunner(m, 1)
         s = r.alloc()
         r.prefill(s, [1, 2, 3])
@@ -91,7 +98,12 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> float:
                     for _ in r.decode([s], [5], tg, stop_tokens=stops):
                         pass
             fn()  # warm-up: captures the graphs
-            return tg / timed(fn, reps)
+            rate = tg / timed(fn, reps)
+            # the first tokens from a fresh prompt: variants that only move work around must agree
+            r.reset(s)
+            r.prefill(s, [1, 2, 3])
+            toks = [row[0] for row in r.decode([s], [5], 24)]
+            return rate, toks
     finally:
         m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS = saved[:3]
         _pdl.OFF_KINDS.clear()
@@ -109,17 +121,23 @@ def main() -> None:
     a = ap.parse_args()
     dev, dt = torch.device("cuda"), torch.float16
     name = torch.cuda.get_device_name()
+    first: dict = {}
     for shape in a.shapes.split(","):
         cfg = published_config(shape)
         m = RWKV7Fast(cfg, random_weights(cfg, dev, dt), device=dev, dtype=dt)
         for v in a.variants.split(","):
             line = {"device": name, "shape": shape, "variant": v, "tg": a.tg}
             try:
-                line["tokens_per_s"] = round(run_variant(m, v, a.tg, a.reps), 1)
+                rate, toks = run_variant(m, v, a.tg, a.reps)
+                line["tokens_per_s"] = round(rate, 1)
+                line["first_tokens"] = toks
+                line["same_tokens_as_first_variant"] = first.setdefault(shape, toks) == toks
             except Exception as e:  # noqa: BLE001 - a failed variant must not end the sweep
                 line["error"] = f"{type(e).__name__}: {e}"[:300]
             print(json.dumps(line), flush=True)
-            print(f"{shape:>5} {v:<12} {line.get('tokens_per_s', line.get('error'))}", file=sys.stderr, flush=True)
+            print(f"{shape:>5} {v:<22} {line.get('tokens_per_s', line.get('error'))}"
+                  f"{'' if line.get('same_tokens_as_first_variant', True) else '  (tokens differ)'}",
+                  file=sys.stderr, flush=True)
         del m
         torch.cuda.empty_cache()
 
