@@ -12,6 +12,8 @@ Variants (comma separated; default: all that apply):
   pdl_on_except_K[+K2]    PDL on except for the kernel kinds K (gemv, ln, tmix)
   dch64 / dch128          decode with the time-mix kernel's LoRA-up tile at 64 / 128 rank columns
   tmix_w4 / tmix_w16      decode with the time-mix kernel at 4 / 16 warps
+  pf_o24_key12_in12_head12[_nopdlpf]  decode with side-stream L2 prefetch budgets (MB) per site
+                          (``RWKV7Fast.decode_prefetch``); _nopdlpf also sets the PDL prefetch to 0
   fuse_ln[_pdl_on|_pdl_off]  decode with decode_fuse_ln on (gemv_add_ln_lerp), PDL as the model's default / on / off
 Prints one JSON line per (shape, variant) and a short table on stderr.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -52,9 +55,17 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
     """(tok/s of batch-1 decode, its first 24 greedy tokens) for variant v (model knobs set and
     restored around it)."""
     saved = (m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS, getattr(m, "decode_fuse_ln", None))
-    off_kinds = set(_pdl.OFF_KINDS)
+    off_kinds, pdl_budget, pf = set(_pdl.OFF_KINDS), _pdl.PREFETCH_BUDGET, m.decode_prefetch
     try:
-        if v.startswith("pdl_on_except_"):
+        if v.startswith("pf_"):
+            m.decode_prefetch = {}
+            for part in v[3:].split("_"):
+                if part == "nopdlpf":
+                    _pdl.PREFETCH_BUDGET = 0
+                else:
+                    site, mb = re.fullmatch(r"([a-z]+)(\d+(?:\.\d+)?)", part).groups()
+                    m.decode_prefetch[site] = float(mb)
+        elif v.startswith("pdl_on_except_"):
             m.pdl = True
             _pdl.OFF_KINDS.update(v[len("pdl_on_except_"):].split("+"))
         elif v == "pdl_off":
@@ -108,6 +119,7 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
         m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS = saved[:3]
         _pdl.OFF_KINDS.clear()
         _pdl.OFF_KINDS.update(off_kinds)
+        _pdl.PREFETCH_BUDGET, m.decode_prefetch = pdl_budget, pf
         if saved[3] is not None:
             m.decode_fuse_ln = saved[3]
 

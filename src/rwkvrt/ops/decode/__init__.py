@@ -47,14 +47,22 @@ The GEMV followed by the next block's residual add + LayerNorm + token shift, in
              runs the LayerNorm epilogue and resets it); the reference ignores it
     lerps  : [Mx, B, 1, C] activation dtype (new); new_res [B, 1, C] in res's dtype (new)
     == grouped_gemv(xs, W, groups, x_scratch) then add_ln_lerp(x_scratch.view(B, 1, C), res, ...)
+
+    l2_prefetch(W, budget_bytes)
+
+    W      : [N, K] weight (unit stride along K), not mutated. Issues L2 prefetches for the first
+             lines of every row (about budget_bytes in all) and returns at once; no effect on
+             any value (the reference is a no-op). The decode path queues it on a side stream
+             right after a GEMV, for the weight of the GEMV after the next small kernels.
 """
 from __future__ import annotations
 
 from .reference import (ACT_NONE, ACT_RELU2, ACT_SIGMOID, ACT_TANH, RowGroups, gemv_add_ln_lerp_reference,
-                        grouped_gemv_reference, tmix_lora_step_reference)
+                        grouped_gemv_reference, l2_prefetch_reference, tmix_lora_step_reference)
 
 __all__ = ["ACT_NONE", "ACT_RELU2", "ACT_SIGMOID", "ACT_TANH", "RowGroups", "gemv_add_ln_lerp_reference",
-           "grouped_gemv_reference", "tmix_lora_step_reference", "resolve", "resolve_gemv_ln"]
+           "grouped_gemv_reference", "l2_prefetch_reference", "tmix_lora_step_reference", "resolve",
+           "resolve_gemv_ln", "resolve_prefetch"]
 
 
 def resolve(device: str, backend: str = "auto"):
@@ -79,3 +87,14 @@ def resolve_gemv_ln(device: str, backend: str = "auto"):
         return gemv_add_ln_lerp_triton
 
     return choose("the fused decode GEMV + LayerNorm op", device, backend, gemv_add_ln_lerp_reference, triton)
+
+
+def resolve_prefetch(device: str, backend: str = "auto"):
+    """l2_prefetch(W, budget_bytes) for ``device``: triton on cuda, the no-op reference elsewhere."""
+    from .._backend import choose
+
+    def triton():
+        from .triton_prefetch import l2_prefetch_triton
+        return l2_prefetch_triton
+
+    return choose("the decode L2 prefetch", device, backend, l2_prefetch_reference, triton)

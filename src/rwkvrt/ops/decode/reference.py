@@ -117,3 +117,8 @@ def gemv_add_ln_lerp_reference(xs, W, groups, x_scratch, res, ln_w, ln_b, x_prev
 
 __all__ = ["ACT_NONE", "ACT_RELU2", "ACT_TANH", "ACT_SIGMOID", "RowGroups", "apply_act",
            "gemv_add_ln_lerp_reference", "grouped_gemv_reference", "tmix_lora_step_reference"]
+
+
+def l2_prefetch_reference(W: torch.Tensor, budget_bytes: int) -> None:
+    """See ``triton_prefetch``: a cache hint only, so the reference does nothing."""
+    return None
