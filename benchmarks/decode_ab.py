@@ -12,16 +12,12 @@ Variants (comma separated; default: all that apply):
   pdl_on_except_K[+K2]    PDL on except for the kernel kinds K (gemv, ln, tmix)
   dch64 / dch128          decode with the time-mix kernel's LoRA-up tile at 64 / 128 rank columns
   tmix_w4 / tmix_w16      decode with the time-mix kernel at 4 / 16 warps
-  pf_o24_key12_in12_head12[_nopdlpf]  decode with side-stream L2 prefetch budgets (MB) per site
-                          (``RWKV7Fast.decode_prefetch``); _nopdlpf also sets the PDL prefetch to 0
-  fuse_ln[_pdl_on|_pdl_off]  decode with decode_fuse_ln on (gemv_add_ln_lerp), PDL as the model's default / on / off
 Prints one JSON line per (shape, variant) and a short table on stderr.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import sys
 import time
@@ -33,11 +29,10 @@ from rwkvrt.engine.runner import DecodeRunner
 from rwkvrt.models.rwkv7_fast import RWKV7Fast
 from rwkvrt.models.shapes import published_config
 from rwkvrt.ops import _pdl
-from rwkvrt.ops.decode import resolve_gemv_ln
 from rwkvrt.ops.decode import triton_tmix_lora as tmix_mod
 
 ALL = ["step", "decode", "decode_stop", "gpu", "pdl_off", "pdl_on", "pdl_on_except_gemv", "pdl_on_except_ln+tmix",
-       "dch64", "dch128", "tmix_w4", "tmix_w16", "fuse_ln", "fuse_ln_pdl_on", "fuse_ln_pdl_off"]
+       "dch64", "dch128", "tmix_w4", "tmix_w16"]
 
 
 def timed(fn, reps: int) -> float:
@@ -54,18 +49,10 @@ def timed(fn, reps: int) -> float:
 def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[int]]:
     """(tok/s of batch-1 decode, its first 24 greedy tokens) for variant v (model knobs set and
     restored around it)."""
-    saved = (m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS, getattr(m, "decode_fuse_ln", None))
-    off_kinds, pdl_budget, pf = set(_pdl.OFF_KINDS), _pdl.PREFETCH_BUDGET, m.decode_prefetch
+    saved = (m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS)
+    off_kinds = set(_pdl.OFF_KINDS)
     try:
-        if v.startswith("pf_"):
-            m.decode_prefetch = {}
-            for part in v[3:].split("_"):
-                if part == "nopdlpf":
-                    _pdl.PREFETCH_BUDGET = 0
-                else:
-                    site, mb = re.fullmatch(r"([a-z]+)(\d+(?:\.\d+)?)", part).groups()
-                    m.decode_prefetch[site] = float(mb)
-        elif v.startswith("pdl_on_except_"):
+        if v.startswith("pdl_on_except_"):
             m.pdl = True
             _pdl.OFF_KINDS.update(v[len("pdl_on_except_"):].split("+"))
         elif v == "pdl_off":
@@ -76,15 +63,6 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
             tmix_mod.DCH = int(v[3:])
         elif v.startswith("tmix_w"):
             tmix_mod.NUM_WARPS = int(v[6:])
-        elif v.startswith("fuse_ln"):
-            if not hasattr(m, "_ln_counters"):
-                m._gemv_ln = resolve_gemv_ln("cuda")
-                m._ln_counters = torch.zeros(2 * m.cfg.n_layer, device=m.device, dtype=torch.int32)
-            m.decode_fuse_ln = True
-            if v.endswith("_pdl_on"):
-                m.pdl = True
-            elif v.endswith("_pdl_off"):
-                m.pdl = False
         r = DecodeRunner(m, 1)
         s = r.alloc()
         r.prefill(s, [1, 2, 3])
@@ -116,12 +94,9 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
             toks = [row[0] for row in r.decode([s], [5], 24)]
             return rate, toks
     finally:
-        m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS = saved[:3]
+        m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS = saved
         _pdl.OFF_KINDS.clear()
         _pdl.OFF_KINDS.update(off_kinds)
-        _pdl.PREFETCH_BUDGET, m.decode_prefetch = pdl_budget, pf
-        if saved[3] is not None:
-            m.decode_fuse_ln = saved[3]
 
 
 def main() -> None:

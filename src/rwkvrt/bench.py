@@ -126,21 +126,6 @@ class _Engine:
         return run
 
 
-def _prefetch_budgets(text: str) -> dict:
-    """'o=24,key=12' -> {'o': 24.0, 'key': 12.0}; '0' or '' -> {} (off)."""
-    out = {}
-    for part in filter(None, text.replace(" ", "").split(",")):
-        if part == "0":
-            continue
-        site, _, mb = part.partition("=")
-        try:
-            out[site] = float(mb)
-        except ValueError:
-            raise RWKVRTError("bad RWKVRT_DECODE_PREFETCH", expected="site=MB pairs, e.g. o=24,key=12,in=12,head=12",
-                              got=repr(text), fix="fix or unset it") from None
-    return out
-
-
 class _NativeEngine(_Engine):
     def __init__(self, cfg, sd, strategy, max_batch: int, prefill_chunk: int | None):
         dev = torch.device(strategy.device)
@@ -161,9 +146,6 @@ class _NativeEngine(_Engine):
                 raise RWKVRTError("bad RWKVRT_DECODE_MAX_BATCH", expected="a non-negative integer", got=repr(mb),
                                   fix="unset it or set e.g. RWKVRT_DECODE_MAX_BATCH=4")
             fkw = {"decode_max_batch": int(mb)}
-            pf = os.environ.get("RWKVRT_DECODE_PREFETCH")  # e.g. "o=24,key=12,in=12,head=12" (MB), "0" = off
-            if pf is not None:
-                fkw["decode_prefetch"] = _prefetch_budgets(pf)
             if fused != "auto":
                 fkw["decode_fused"] = fused == "1"
             fast = RWKV7Fast(cfg, sd, device=dev, dtype=strategy.dtype, **fkw)

@@ -241,37 +241,3 @@ def test_fast_decode_fused_reference_ops_match_general_path():
 @pytest.mark.gpu
 def test_fast_decode_fused_triton_ops_match_general_path(kernel_device):
     _decode_fused_vs_plain(kernel_device, "triton")
-
-
-def test_fast_decode_prefetch_is_a_no_op_off_cuda():
-    cfg, _, fast = models(2, 128, 301, decode_prefetch={"o": 4, "key": 4, "in": 4, "head": 4})
-    _, _, plain = models(2, 128, 301)
-    tok = torch.tensor([[5], [77]])
-    st1, st2 = rand_state(cfg, 2), rand_state(cfg, 2)
-    for _ in range(2):
-        assert torch.equal(fast.forward(tok, st1), plain.forward(tok, st2))
-    for a, b in zip(st1.tensors(), st2.tensors()):
-        assert torch.equal(a, b)
-
-
-@pytest.mark.gpu
-@needs_cuda
-@pytest.mark.parametrize("graphs", [False, True])
-def test_gpu_decode_prefetch_changes_nothing(graphs):
-    """The side-stream L2 prefetches (eager and captured in a graph) leave logits and state bit-identical."""
-    from rwkvrt.engine.runner import DecodeRunner
-
-    g = _gpu_setup()
-    cfg = g["cfg"]
-    runs = []
-    for pf in (None, {"o": 8, "key": 8, "in": 8, "head": 8}):
-        fast = RWKV7Fast(cfg, g["sd"], device="cuda", dtype=torch.float16, decode_prefetch=pf)
-        r = DecodeRunner(fast, 2, use_graphs=graphs)
-        s = r.alloc()
-        r.prefill(s, g["tok"][0, :7].tolist())
-        toks = [row[0] for row in r.decode([s], [11], 12)]
-        runs.append((toks, r.last_logits(1).clone(), [t[:, s].clone() for t in r.pool.tensors()]))
-    assert runs[0][0] == runs[1][0]
-    assert torch.equal(runs[0][1], runs[1][1])
-    for a, b in zip(runs[0][2], runs[1][2]):
-        assert torch.equal(a, b)

@@ -29,40 +29,14 @@ activations, ``tmix_lora_step``, Wo, add_ln_lerp, ffn key with relu^2, ffn value
     out    : [B, C] activation dtype (new tensor) = the time-mix core (``rwkvrt.ops.timemix``)
              with w = w0 + hw @ up_w.T, a = sigmoid(a0 + ha @ up_a.T), g = hg @ up_g.T,
              v = v + (v_first - v) * sigmoid(v0 + hv @ up_v.T)
-
-The GEMV followed by the next block's residual add + LayerNorm + token shift, in one launch
-(Wo -> ln2 of the same layer; ffn value -> ln1 of the next layer):
-
-    lerps, new_res = gemv_add_ln_lerp(xs, W, groups, x_scratch, res, ln_w, ln_b, x_prev, mix, *,
-                                      eps, slots, counter, pdl=None)
-
-    xs, W  : as grouped_gemv with W [C, K] and ``groups`` ONE row group without activation
-    x_scratch : [B, C] activation dtype, WRITTEN with the GEMV output (its contents on entry do
-             not matter); its dtype is the activation dtype of lerps
-    res, ln_w, ln_b, x_prev, mix, eps, slots : as ``rwkvrt.ops.token_shift.add_ln_lerp`` with
-             x = x_scratch.view(B, 1, C): res [B, 1, C] (fp32 in RWKV7Fast), mix [Mx, C] or [C],
-             x_prev [S, C] pool, rows ``slots`` UPDATED IN PLACE with the new normed rows
-    counter: int32 [1] tensor on the device, owned by the call site and used by no other
-             concurrent launch; 0 on entry, left 0 (the Triton kernel's last-finishing program
-             runs the LayerNorm epilogue and resets it); the reference ignores it
-    lerps  : [Mx, B, 1, C] activation dtype (new); new_res [B, 1, C] in res's dtype (new)
-    == grouped_gemv(xs, W, groups, x_scratch) then add_ln_lerp(x_scratch.view(B, 1, C), res, ...)
-
-    l2_prefetch(W, budget_bytes)
-
-    W      : [N, K] weight (unit stride along K), not mutated. Issues L2 prefetches for the first
-             lines of every row (about budget_bytes in all) and returns at once; no effect on
-             any value (the reference is a no-op). The decode path queues it on a side stream
-             right after a GEMV, for the weight of the GEMV after the next small kernels.
 """
 from __future__ import annotations
 
-from .reference import (ACT_NONE, ACT_RELU2, ACT_SIGMOID, ACT_TANH, RowGroups, gemv_add_ln_lerp_reference,
-                        grouped_gemv_reference, l2_prefetch_reference, tmix_lora_step_reference)
+from .reference import (ACT_NONE, ACT_RELU2, ACT_SIGMOID, ACT_TANH, RowGroups, grouped_gemv_reference,
+                        tmix_lora_step_reference)
 
-__all__ = ["ACT_NONE", "ACT_RELU2", "ACT_SIGMOID", "ACT_TANH", "RowGroups", "gemv_add_ln_lerp_reference",
-           "grouped_gemv_reference", "l2_prefetch_reference", "tmix_lora_step_reference", "resolve",
-           "resolve_gemv_ln", "resolve_prefetch"]
+__all__ = ["ACT_NONE", "ACT_RELU2", "ACT_SIGMOID", "ACT_TANH", "RowGroups", "grouped_gemv_reference",
+           "tmix_lora_step_reference", "resolve"]
 
 
 def resolve(device: str, backend: str = "auto"):
@@ -76,25 +50,3 @@ def resolve(device: str, backend: str = "auto"):
 
     return choose("the decode-step ops", device, backend, (grouped_gemv_reference, tmix_lora_step_reference),
                   triton)
-
-
-def resolve_gemv_ln(device: str, backend: str = "auto"):
-    """gemv_add_ln_lerp for ``device``; auto -> triton on cuda, reference elsewhere."""
-    from .._backend import choose
-
-    def triton():
-        from .triton_gemv_ln import gemv_add_ln_lerp_triton
-        return gemv_add_ln_lerp_triton
-
-    return choose("the fused decode GEMV + LayerNorm op", device, backend, gemv_add_ln_lerp_reference, triton)
-
-
-def resolve_prefetch(device: str, backend: str = "auto"):
-    """l2_prefetch(W, budget_bytes) for ``device``: triton on cuda, the no-op reference elsewhere."""
-    from .._backend import choose
-
-    def triton():
-        from .triton_prefetch import l2_prefetch_triton
-        return l2_prefetch_triton
-
-    return choose("the decode L2 prefetch", device, backend, l2_prefetch_reference, triton)

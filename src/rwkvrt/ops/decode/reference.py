@@ -101,24 +101,5 @@ def tmix_lora_step_reference(rkvh, state, slots, *, lora, up, w0, a0, v0, v_firs
     return out[:, 0].to(dt)
 
 
-def gemv_add_ln_lerp_reference(xs, W, groups, x_scratch, res, ln_w, ln_b, x_prev, mix, *, eps: float, slots,
-                               counter=None, pdl=None):
-    """See ``rwkvrt.ops.decode``: ``grouped_gemv_reference`` into x_scratch [B, C] (WRITTEN), then
-    ``add_ln_lerp_reference`` of it on res [B, 1, C] (x_prev rows ``slots`` UPDATED IN PLACE).
-    Returns (lerps [Mx, B, 1, C] activation dtype, new_res [B, 1, C]); counter and pdl are ignored."""
-    from ..token_shift.reference import add_ln_lerp_reference
-
-    assert len(groups.sizes) == 1 and groups.acts[0] == ACT_NONE, "one row group without activation"
-    B, C = x_scratch.shape
-    grouped_gemv_reference(xs, W, groups, x_scratch)
-    return add_ln_lerp_reference(x_scratch.view(B, 1, C), res, ln_w, ln_b, x_prev, mix.reshape(-1, C), eps=eps,
-                                 slots=slots)
-
-
 __all__ = ["ACT_NONE", "ACT_RELU2", "ACT_TANH", "ACT_SIGMOID", "RowGroups", "apply_act",
-           "gemv_add_ln_lerp_reference", "grouped_gemv_reference", "tmix_lora_step_reference"]
-
-
-def l2_prefetch_reference(W: torch.Tensor, budget_bytes: int) -> None:
-    """See ``triton_prefetch``: a cache hint only, so the reference does nothing."""
-    return None
+           "grouped_gemv_reference", "tmix_lora_step_reference"]

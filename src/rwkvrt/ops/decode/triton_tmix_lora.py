@@ -25,7 +25,10 @@ from ..wkv7.reference import DECAY_SCALE
 
 L2_EPS = 1e-12
 DCH = 32       # LoRA rank columns per tile step (LoRA ranks are multiples of 32)
-NUM_WARPS = 8  # as the general step kernel at block_v == N
+# warps per program; None = by head count: 8 (as the general step kernel) below 32 heads, 4 from
+# 32 (H100 decode b1, two runs each: 1.5B +1.8% / +1.7%, 7.2B +0.8% / +1.0%; 0.1B mixed, kept 8).
+# A 128-column LoRA tile was ~+1% at 7.2B but spills (1.2 KB at 8 warps, sm_90 ptxas): kept 32.
+NUM_WARPS: int | None = None
 
 
 @triton.jit
@@ -121,5 +124,5 @@ def tmix_lora_step_triton(rkvh, state, slots, *, lora, up, w0, a0, v0, v_first, 
         rkvh.stride(0), vf.stride(0), out.stride(0), DECAY_SCALE, GROUP_NORM_EPS, L2_EPS,
         OFF_W=ow, OFF_A=oa, OFF_G=og, OFF_V=ov, DW=dw, DA=da, DG=dg, DV=dv, DCH=DCH, H=H, N=N,
         HAS_VRES=has_v, USE_PDL=pdl, UP_LINES=up_lines, LINE_ELEMS=line,
-        num_warps=NUM_WARPS if num_warps is None else num_warps, launch_pdl=pdl)
+        num_warps=num_warps or NUM_WARPS or (4 if H >= 32 else 8), launch_pdl=pdl)
     return out
