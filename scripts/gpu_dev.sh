@@ -6,6 +6,7 @@
 #   wkv    : benchmarks/wkv7_sweep.py
 #   overhead: benchmarks/decode_overhead.py on $OVERHEAD_SHAPES (host vs GPU time, top kernels)
 #   flake  : the graph-replay-vs-eager runner test, $FLAKE_N times
+#   barrier: benchmarks/grid_barrier.py (grid-barrier cost, persistent vs per-launch GEMV chains)
 #   dab    : benchmarks/decode_ab.py (batch-1 decode variants in one process per shape; DAB_SHAPES, DAB_VARIANTS)
 #   ab     : rwkvrt bench per shape in $SHAPES with each setting in $AB (env assignments, ';' separated)
 set -u
@@ -33,6 +34,9 @@ for st in $STAGES; do
     overhead)
       echo "== decode overhead"; timeout -k 5 ${OVERHEAD_S:-150} python3 benchmarks/decode_overhead.py --shapes ${OVERHEAD_SHAPES:-0.1B,1.5B,7.2B} \
         > "$OUT/overhead.txt" 2>&1; echo "exit $?"; grep -E "^## |Self CUDA time total" "$OUT/overhead.txt";;
+    barrier)
+      echo "== grid barrier / persistent GEMV chain"; timeout -k 5 ${BARRIER_S:-200} python3 benchmarks/grid_barrier.py \
+        > "$OUT/barrier.jsonl" 2> "$OUT/barrier.err"; echo "exit $?"; grep -v Warning "$OUT/barrier.err" | tail -20;;
     dab)
       echo "== decode A/B"; timeout -k 5 ${DAB_S:-300} python3 benchmarks/decode_ab.py --shapes ${DAB_SHAPES:-0.1B,1.5B,7.2B} \
         ${DAB_VARIANTS:+--variants $DAB_VARIANTS} > "$OUT/dab.jsonl" 2> "$OUT/dab.err"; echo "exit $?"; grep -v Warning "$OUT/dab.err" | tail -40;;
