@@ -329,6 +329,21 @@ def _slot_state(runner, slots):
     return [t[:, slots].clone() for t in runner.pool.tensors()] + [runner.counter[slots].clone()]
 
 
+def _put_state(runner, slots, saved):
+    """Write back what ``_slot_state`` took (states and sampling counters)."""
+    for t, v in zip(runner.pool.tensors(), saved):
+        t[:, slots] = v
+    runner.counter[slots] = saved[3]
+
+
+def _one_prefilled_row(max_batch):
+    _, _, fast = setup()
+    runner = DecodeRunner(fast, max_batch)
+    s = runner.alloc()
+    tok = int(runner.prefill(s, PROMPTS[0]).argmax())
+    return runner, s, tok, _slot_state(runner, [s])
+
+
 @pytest.mark.parametrize("lookahead", [None, True, False])
 @pytest.mark.parametrize("sampled", [False, True])
 def test_runner_decode_equals_stepping_with_stops_and_limits(lookahead, sampled):
@@ -346,9 +361,7 @@ def test_runner_decode_equals_stepping_with_stops_and_limits(lookahead, sampled)
     limits = [8, 8, 5]
 
     def restore():
-        for t, v in zip(runner.pool.tensors(), before):
-            t[:, slots] = v
-        runner.counter[slots] = before[3]
+        _put_state(runner, slots, before)
 
     restore()
     want = decode_by_steps(runner, slots, toks, limits, stops)
@@ -371,21 +384,14 @@ def test_runner_decode_equals_stepping_with_stops_and_limits(lookahead, sampled)
 
 @pytest.mark.parametrize("lookahead", [True, False])
 def test_runner_decode_single_row_stop_ends_at_the_stop_token(lookahead):
-    _, _, fast = setup()
-    runner = DecodeRunner(fast, 2)
-    s = runner.alloc()
-    tok = int(runner.prefill(s, PROMPTS[0]).argmax())
-    before = _slot_state(runner, [s])
+    runner, s, tok, before = _one_prefilled_row(2)
     probe = [r[0] for r in decode_by_steps(runner, [s], [tok], [6], set())]
     stop = probe[2]
     n_want = probe.index(stop) + 1
-    want_state = None
-    for t, v in zip(runner.pool.tensors(), before):
-        t[:, [s]] = v
+    _put_state(runner, [s], before)
     decode_by_steps(runner, [s], [tok], [6], {stop})
     want_state = _slot_state(runner, [s])
-    for t, v in zip(runner.pool.tensors(), before):
-        t[:, [s]] = v
+    _put_state(runner, [s], before)
     got = list(runner.decode([s], [tok], 6, stop_tokens=[stop], lookahead=lookahead))
     assert got == [[t] for t in probe[:n_want]]  # no trailing all-None step
     for g, w in zip(_slot_state(runner, [s]), want_state):
@@ -393,15 +399,10 @@ def test_runner_decode_single_row_stop_ends_at_the_stop_token(lookahead):
 
 
 def test_runner_decode_closed_early_rolls_back_the_queued_step():
-    _, _, fast = setup()
-    runner = DecodeRunner(fast, 4)
-    s = runner.alloc()
-    tok = int(runner.prefill(s, PROMPTS[0]).argmax())
-    before = _slot_state(runner, [s])
+    runner, s, tok, before = _one_prefilled_row(4)
     want = [r[0] for r in decode_by_steps(runner, [s], [tok], [3], set())]
     want_state = _slot_state(runner, [s])  # has read tok and the first two tokens, not the third
-    for t, v in zip(runner.pool.tensors(), before):
-        t[:, [s]] = v
+    _put_state(runner, [s], before)
     gen = runner.decode([s], [tok], 50, stop_tokens=[runner.cfg.vocab_size - 1], lookahead=True)
     got = [next(gen)[0] for _ in range(3)]
     gen.close()  # the 4th step was queued ahead, fed the 3rd token: undone
@@ -443,14 +444,12 @@ def test_gpu_decode_lookahead_equals_plain_steps(rows):
     limits = [12, 7, 12][:rows]
     outs = []
     for la in (True, False):
-        for t, v in zip(r.pool.tensors(), before):
-            t[:, slots] = v
+        _put_state(r, slots, before)
         got = list(r.decode(slots, toks, limits, stop_tokens=stops, lookahead=la))
         outs.append((got, _slot_state(r, slots)))
     assert outs[0][0] == outs[1][0]
     assert outs[0][0][-1][0] is None or len(outs[0][0]) <= 5  # row 0 stopped at its stop token
     for a, b in zip(outs[0][1], outs[1][1]):
         assert torch.equal(a, b)
-    for t, v in zip(r.pool.tensors(), before):
-        t[:, slots] = v
+    _put_state(r, slots, before)
     assert decode_by_steps(r, slots, toks, limits, stops) == outs[0][0]
