@@ -77,6 +77,7 @@ class _Bucket:
     snap: State | None = None     # the rows' states before the step (snapshot variants only)
     ring: list | None = None      # decode(): two (pinned host [n] int64, event) pairs
     last: tuple = (True, False)   # the variant the last step ran (for last_logits)
+    h2d: object = None            # decode(): event after its copy out of host_in (cuda)
 
 
 class DecodeRunner:
@@ -278,6 +279,9 @@ class DecodeRunner:
         greedy = all(self._greedy[s] for s in sl)
         # host side kept small (it is exposed at batch 1: the GPU waits for the next replay):
         # write ids into the pinned staging buffer through numpy, one H2D copy, one D2H copy
+        if bk.h2d is not None:  # a decode() call's copy out of host_in may still be queued
+            bk.h2d.synchronize()
+            bk.h2d = None
         hn = bk.host_np
         hn[0, :B] = sl
         hn[1, :B] = tk
@@ -297,8 +301,9 @@ class DecodeRunner:
         yielded and not fed, ready to be the next call's last token, as with ``step``). The
         states and sampling counters end exactly as stepping one token at a time would leave them.
         lookahead: queue step n+1 before reading step n (default: on where it is exact and cheap,
-        see ``SNAPSHOT_MAX_BATCH``). Closing the generator early leaves each row's state with the
-        tokens yielded so far fed, except the last yielded one.
+        see ``SNAPSHOT_MAX_BATCH``). Closing the generator early: with stop tokens (or without
+        lookahead) each row's state has read the tokens yielded so far except the last one, as
+        with ``step``; without stop tokens a step queued ahead may already have fed that last one.
         """
         sl = [int(s) for s in (slots.tolist() if isinstance(slots, torch.Tensor) else slots)]
         B = len(sl)
@@ -310,6 +315,11 @@ class DecodeRunner:
         tok0 = last_tokens.tolist() if isinstance(last_tokens, torch.Tensor) else list(last_tokens)
         with torch.inference_mode():
             bk, greedy = self._prepare(sl, tok0)  # checks the batch (raises before anything runs)
+            if self.device.type == "cuda":
+                # the staging buffer may not be rewritten until this copy has run (the generator
+                # might never be iterated, and a later call would overwrite host_in under it)
+                bk.h2d = torch.cuda.Event()
+                bk.h2d.record(torch.cuda.current_stream(self.device))
         return self._decode_steps(bk, greedy, sl, limits, stops, lookahead)
 
     @torch.inference_mode()
