@@ -15,8 +15,12 @@ multiply next. Whether that wins depends on two numbers this script measures on 
   persistent: the chain in one launch, grid = SMs, a barrier between products
   persistent+prefetch : the same, each program prefetching its next rows into L2 before it waits
 
+  +ln      : the products that take C inputs (W_in, Wo, FFN key) read their input as the lerp
+             of LayerNorm(res + x), every program computing the row statistics itself: the
+             L2 cost of a persistent kernel with no separate LayerNorm phases
+
 Each line: device, shape, variant, us per product, weight GB/s, and the max difference of
-the final vector against `separate` (same tiles: 0 expected). The chain uses the layer
+the final vector against `separate` (or `separate+ln`; same tiles: 0 expected). The chain uses the layer
 matrices of the published shapes (random fp16), each product's input the previous output.
 """
 from __future__ import annotations
@@ -52,9 +56,41 @@ def _grid_barrier(bar_ptr, target, err_ptr):
 
 
 @triton.jit
-def _gemv_rows(w_ptr, x_ptr, y_ptr, blk, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-               STAGES: tl.constexpr):
-    """y[rows] = W[rows] @ x for the BLOCK_N rows of block blk (fp32 accumulate)."""
+def _x_tile(x_ptr, ln_ptr, k, LN: tl.constexpr, mean, rstd, BUF):
+    """The product's input at columns k, fp32. LN: x is a residual delta and the input is the
+    lerp of LayerNorm(res + x) with the shift row, as the decode path feeds its GEMVs
+    (ln_ptr: res, ln_w, ln_b, mix as four fp32 rows of BUF, then the shift row)."""
+    x = tl.load(x_ptr + k).to(tl.float32)
+    if LN:
+        h = x + tl.load(ln_ptr + k)
+        h = (h - mean) * rstd * tl.load(ln_ptr + BUF + k) + tl.load(ln_ptr + 2 * BUF + k)
+        x = h + (tl.load(ln_ptr + 4 * BUF + k) - h) * tl.load(ln_ptr + 3 * BUF + k)
+    return x
+
+
+@triton.jit
+def _row_stats(x_ptr, ln_ptr, K, BLOCK_K: tl.constexpr):
+    """(mean, rstd) of res + x over K columns (two passes, as the LayerNorm kernels)."""
+    kk = tl.arange(0, BLOCK_K)
+    s = tl.zeros([BLOCK_K], dtype=tl.float32)
+    k0 = 0
+    while k0 < K:
+        s += tl.load(x_ptr + k0 + kk).to(tl.float32) + tl.load(ln_ptr + k0 + kk)
+        k0 += BLOCK_K
+    mean = tl.sum(s, axis=0) / K
+    v = tl.zeros([BLOCK_K], dtype=tl.float32)
+    k0 = 0
+    while k0 < K:
+        d = tl.load(x_ptr + k0 + kk).to(tl.float32) + tl.load(ln_ptr + k0 + kk) - mean
+        v += d * d
+        k0 += BLOCK_K
+    return mean, 1.0 / tl.sqrt(tl.sum(v, axis=0) / K + 1e-5)
+
+
+@triton.jit
+def _gemv_rows(w_ptr, x_ptr, y_ptr, blk, N, K, ln_ptr, mean, rstd, BUF, LN: tl.constexpr,
+               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+    """y[rows] = W[rows] @ input for the BLOCK_N rows of block blk (fp32 accumulate)."""
     rows = blk * BLOCK_N + tl.arange(0, BLOCK_N)
     kk = tl.arange(0, BLOCK_K)
     rmask = rows < N
@@ -63,23 +99,25 @@ def _gemv_rows(w_ptr, x_ptr, y_ptr, blk, N, K, BLOCK_N: tl.constexpr, BLOCK_K: t
     if STAGES > 0:
         for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
             w = tl.load(w_rows + k0, mask=rmask[:, None], other=0.0)
-            acc += w.to(tl.float32) * tl.load(x_ptr + k0 + kk).to(tl.float32)[None, :]
+            acc += w.to(tl.float32) * _x_tile(x_ptr, ln_ptr, k0 + kk, LN, mean, rstd, BUF)[None, :]
     else:  # STAGES=0: a plain loop (the Triton interpreter cannot range() over a loaded bound)
         k0 = 0
         while k0 < K:
             w = tl.load(w_rows + k0, mask=rmask[:, None], other=0.0)
-            acc += w.to(tl.float32) * tl.load(x_ptr + k0 + kk).to(tl.float32)[None, :]
+            acc += w.to(tl.float32) * _x_tile(x_ptr, ln_ptr, k0 + kk, LN, mean, rstd, BUF)[None, :]
             k0 += BLOCK_K
     tl.store(y_ptr + rows, tl.sum(acc, axis=1).to(y_ptr.dtype.element_ty), mask=rmask)
 
 
 @triton.jit
-def chain_kernel(w_ptr, offs_ptr, n_ptr, k_ptr, buf_ptr, bar_ptr, err_ptr, P0, P1, BUF,
+def chain_kernel(w_ptr, offs_ptr, n_ptr, k_ptr, buf_ptr, ln_ptr, bar_ptr, err_ptr, P0, P1, BUF, LN_K,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
-                 WORK: tl.constexpr, PREFETCH: tl.constexpr, PF_LINES: tl.constexpr):
+                 WORK: tl.constexpr, PREFETCH: tl.constexpr, PF_LINES: tl.constexpr, LN: tl.constexpr):
     """Phases [P0, P1): phase p multiplies W_p (at w_ptr + offs[p], [n[p], k[p]]) by buffer p % 2
     into buffer (p + 1) % 2; programs take row blocks round-robin; a grid barrier between
-    phases when the launch spans more than one. WORK=False: barriers only."""
+    phases when the launch spans more than one. WORK=False: barriers only. LN: products with
+    k[p] == LN_K take LayerNorm + lerp of their input on the fly, every program computing the
+    row statistics itself (what a persistent kernel without LayerNorm phases would do)."""
     pid = tl.program_id(0)
     G = tl.num_programs(0)
     p = P0
@@ -90,9 +128,23 @@ def chain_kernel(w_ptr, offs_ptr, n_ptr, k_ptr, buf_ptr, bar_ptr, err_ptr, P0, P
             K = tl.load(k_ptr + p)
             x_ptr = buf_ptr + (p % 2) * BUF
             y_ptr = buf_ptr + ((p + 1) % 2) * BUF
+            mean = 0.0
+            rstd = 1.0
+            if LN:
+                if K == LN_K:
+                    mean, rstd = _row_stats(x_ptr, ln_ptr, K, BLOCK_K)
             blk = pid
             while blk < tl.cdiv(N, BLOCK_N):
-                _gemv_rows(w_ptr + off, x_ptr, y_ptr, blk, N, K, BLOCK_N, BLOCK_K, STAGES)
+                if LN:
+                    if K == LN_K:
+                        _gemv_rows(w_ptr + off, x_ptr, y_ptr, blk, N, K, ln_ptr, mean, rstd, BUF, True,
+                                   BLOCK_N, BLOCK_K, STAGES)
+                    else:
+                        _gemv_rows(w_ptr + off, x_ptr, y_ptr, blk, N, K, ln_ptr, mean, rstd, BUF, False,
+                                   BLOCK_N, BLOCK_K, STAGES)
+                else:
+                    _gemv_rows(w_ptr + off, x_ptr, y_ptr, blk, N, K, ln_ptr, mean, rstd, BUF, False,
+                               BLOCK_N, BLOCK_K, STAGES)
                 blk += G
         if p + 1 < P1:
             if PREFETCH and WORK:
@@ -117,8 +169,9 @@ def layer_mats(shape: str) -> list[tuple[int, int]]:
 
 
 class Chain:
-    def __init__(self, mats: list[tuple[int, int]], device, seed: int = 0):
+    def __init__(self, mats: list[tuple[int, int]], device, seed: int = 0, ln_k: int = 0):
         g = torch.Generator(device="cpu").manual_seed(seed)
+        self.ln_k = ln_k  # products with this K take LayerNorm + lerp of their input (run(ln=True))
         sizes = [n * k for n, k in mats]
         self.w = (torch.randn(sum(sizes), generator=g) * 0.02).to(device=device, dtype=torch.float16)
         offs = [0]
@@ -131,23 +184,41 @@ class Chain:
         self.BUF = max(max(n, k) for n, k in mats)
         self.buf = torch.zeros(2, self.BUF, device=device, dtype=torch.float16)
         self.x0 = torch.randn(self.BUF, generator=g).to(device=device, dtype=torch.float16)
+        # res, ln_w, ln_b, mix (fp32) and the shift row, one BUF-long row each
+        self.ln = torch.stack([torch.randn(self.BUF, generator=g), 1 + 0.1 * torch.randn(self.BUF, generator=g),
+                               0.1 * torch.randn(self.BUF, generator=g), torch.rand(self.BUF, generator=g),
+                               torch.randn(self.BUF, generator=g)]).to(device)
         self.bar = torch.zeros(1, device=device, dtype=torch.int32)
         self.err = torch.zeros(1, device=device, dtype=torch.int32)
         self.bytes = sum(sizes) * 2
 
     def run(self, grid: int, per_phase: bool, *, work=True, prefetch=False, block_n=8, block_k=512,
-            stages=3, warps=4, pf_lines=4) -> None:
+            stages=3, warps=4, pf_lines=4, ln=False) -> None:
         self.buf[0].copy_(self.x0)
         self.bar.zero_()
         kw = dict(BLOCK_N=block_n, BLOCK_K=block_k, STAGES=stages, WORK=work, PREFETCH=prefetch,
-                  PF_LINES=pf_lines, num_warps=warps)
-        args = (self.w, self.offs, self.n, self.k, self.buf, self.bar, self.err)
+                  PF_LINES=pf_lines, LN=ln, num_warps=warps)
+        args = (self.w, self.offs, self.n, self.k, self.buf, self.ln, self.bar, self.err)
         if per_phase:
             for p in range(self.P):
                 n = int(self.n[p])
-                chain_kernel[(triton.cdiv(n, block_n),)](*args, p, p + 1, self.BUF, **kw)
+                chain_kernel[(triton.cdiv(n, block_n),)](*args, p, p + 1, self.BUF, self.ln_k, **kw)
         else:
-            chain_kernel[(grid,)](*args, 0, self.P, self.BUF, **kw)
+            chain_kernel[(grid,)](*args, 0, self.P, self.BUF, self.ln_k, **kw)
+
+    def reference(self, ln: bool) -> torch.Tensor:
+        """The chain in torch (fp32 products, fp16 between them, as the kernel stores)."""
+        x = self.x0.float()
+        res, lw, lb, mix, prev = self.ln.float()
+        for p in range(self.P):
+            n, k, o = int(self.n[p]), int(self.k[p]), int(self.offs[p])
+            inp = x[:k]
+            if ln and k == self.ln_k:
+                h = inp + res[:k]
+                h = (h - h.mean()) / torch.sqrt(h.var(unbiased=False) + 1e-5) * lw[:k] + lb[:k]
+                inp = h + (prev[:k] - h) * mix[:k]
+            x = (self.w[o:o + n * k].float().view(n, k) @ inp).half().float()
+        return x
 
     def result(self) -> torch.Tensor:
         n_last = int(self.n[-1])
@@ -179,17 +250,15 @@ def graph_time_us(fn, reps: int = 20) -> float:
 def selftest() -> None:
     """Persistent (1 program, so the interpreter can run it) == per-phase launches == torch."""
     dev = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
-    ch = Chain([(48, 64), (64, 48), (32, 64), (64, 32)], dev)
-    ch.run(1, True, block_n=8, block_k=16, warps=1, stages=0)
-    a = ch.result()
-    ch.run(1, False, block_n=8, block_k=16, warps=1, stages=0)
-    b = ch.result()
-    x = ch.x0.float()
-    for p in range(ch.P):
-        n, k, o = int(ch.n[p]), int(ch.k[p]), int(ch.offs[p])
-        x = (ch.w[o:o + n * k].float().view(n, k) @ x[:k]).half().float()
-    assert torch.equal(a, b), (a - b).abs().max()
-    assert (a - x).abs().max() <= 1e-2 * x.abs().max(), (a - x).abs().max()
+    ch = Chain([(48, 64), (64, 48), (32, 64), (64, 32)], dev, ln_k=64)
+    for ln in (False, True):
+        ch.run(1, True, block_n=8, block_k=16, warps=1, stages=0, ln=ln)
+        a = ch.result()
+        ch.run(1, False, block_n=8, block_k=16, warps=1, stages=0, ln=ln)
+        b = ch.result()
+        x = ch.reference(ln)
+        assert torch.equal(a, b), (a - b).abs().max()
+        assert (a - x).abs().max() <= 1e-2 * x.abs().max(), (ln, (a - x).abs().max())
     assert int(ch.err) == 0
     print("selftest ok:", dev)
 
@@ -217,16 +286,22 @@ def main() -> None:
           "errors": int(empty.err)})
     del empty
     for shape in a.shapes.split(","):
-        ch = Chain(layer_mats(shape) * a.layers, dev)
-        ch.run(sms, True)
-        ref = ch.result()
-        configs = [("separate", dict(per_phase=True))]
+        ch = Chain(layer_mats(shape) * a.layers, dev, ln_k=published_config(shape).n_embd)
+        refs = {}
+        for ln in (False, True):
+            ch.run(sms, True, ln=ln)
+            refs[ln] = ch.result()
+        configs = [("separate", dict(per_phase=True)), ("separate+ln", dict(per_phase=True, ln=True))]
         for bn, warps in ((8, 4), (16, 8), (32, 8)):
             for pf in (False, True):
                 configs.append((f"persistent{'+prefetch' if pf else ''} bn{bn} w{warps}",
                                 dict(per_phase=False, prefetch=pf, block_n=bn, warps=warps)))
+            # LayerNorm + lerp computed by every program in the products that take C inputs
+            configs.append((f"persistent+prefetch+ln bn{bn} w{warps}",
+                            dict(per_phase=False, prefetch=True, block_n=bn, warps=warps, ln=True)))
         for label, kw in configs:
             per_phase = kw.pop("per_phase")
+            ref = refs[kw.get("ln", False)]
             try:
                 t = graph_time_us(lambda: ch.run(sms, per_phase, **kw))
                 ch.run(sms, per_phase, **kw)
