@@ -65,7 +65,7 @@ class Model:
             moved = state.to(self.device, self.dtype)
             state.att_x, state.wkv, state.ffn_x = moved.att_x, moved.wkv, moved.ffn_x
         if not (state.wkv.is_contiguous() and state.att_x.is_contiguous() and state.ffn_x.is_contiguous()):
-            state.att_x, state.wkv, state.ffn_x = (t.contiguous() for t in (state.att_x, state.wkv, state.ffn_x))
+            state.att_x, state.wkv, state.ffn_x = (t.contiguous() for t in state.tensors())
         return state
 
     def tokens_tensor(self, tokens) -> torch.Tensor:

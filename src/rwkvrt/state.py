@@ -84,7 +84,7 @@ class State:
         if not -3 * self.n_layer <= j < 3 * self.n_layer:
             raise IndexError(f"state index {j} out of range for {self.n_layer} layers (0..{3 * self.n_layer - 1})")
         layer, kind = divmod(j % (3 * self.n_layer), 3)
-        t = (self.att_x, self.wkv, self.ffn_x)[kind][layer]
+        t = self.tensors()[kind][layer]
         return t[0] if self.batch_size == 1 else t
 
     def __len__(self) -> int:

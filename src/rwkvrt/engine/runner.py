@@ -135,7 +135,7 @@ class DecodeRunner:
     def reset(self, slot: int) -> None:
         """Zero one slot's state (other slots untouched)."""
         self.slots.check(slot)
-        for t in (self.pool.att_x, self.pool.wkv, self.pool.ffn_x):
+        for t in self.pool.tensors():
             t[:, slot].zero_()
 
     def _checked(self, params: SamplingParams | None) -> SamplingParams:
