@@ -299,12 +299,16 @@ def main() -> None:
             # LayerNorm + lerp computed by every program in the products that take C inputs
             configs.append((f"persistent+prefetch+ln bn{bn} w{warps}",
                             dict(per_phase=False, prefetch=True, block_n=bn, warps=warps, ln=True)))
+        for bn, warps in ((8, 4), (16, 4)):  # two programs per SM: more bytes in flight per SM
+            configs.append((f"persistent+prefetch+ln bn{bn} w{warps} x2",
+                            dict(per_phase=False, prefetch=True, block_n=bn, warps=warps, ln=True, grid_mult=2)))
         for label, kw in configs:
             per_phase = kw.pop("per_phase")
+            grid = sms * kw.pop("grid_mult", 1)
             ref = refs[kw.get("ln", False)]
             try:
-                t = graph_time_us(lambda: ch.run(sms, per_phase, **kw))
-                ch.run(sms, per_phase, **kw)
+                t = graph_time_us(lambda: ch.run(grid, per_phase, **kw))
+                ch.run(grid, per_phase, **kw)
                 d = float((ch.result() - ref).abs().max())
                 emit({"shape": shape, "variant": label, "products": ch.P, "us_per_product": round(t / ch.P, 2),
                       "weight_GBps": round(ch.bytes / (t * 1e-6) / 1e9, 1), "max_diff_vs_separate": d,
