@@ -12,6 +12,10 @@ Variants (comma separated; default: all that apply):
   pdl_on_except_K[+K2]    PDL on except for the kernel kinds K (gemv, ln, tmix)
   dch64 / dch128          decode with the time-mix kernel's LoRA-up tile at 64 / 128 rank columns
   tmix_w4 / tmix_w16      decode with the time-mix kernel at 4 / 16 warps
+  ffn_noskip  decode with the sparse FFN value op loading every row (same tiles: its dense rate)
+  ffn_dense   decode with the FFN value as the plain row-major GEMV (the path before ffn_sparse)
+  pp512 / pp512_dense     prefill of 512 tokens (tok/s) with W_value kept transposed / row-major
+Each shape also reports ffn_zero_frac: the share of relu^2 zeros (random weights: about half).
 Prints one JSON line per (shape, variant) and a short table on stderr.
 """
 from __future__ import annotations
@@ -24,15 +28,18 @@ import time
 
 import torch
 
+from rwkvrt.bench import ffn_zero_fraction
 from rwkvrt.bench_ceilings import random_weights
 from rwkvrt.engine.runner import DecodeRunner
 from rwkvrt.models.rwkv7_fast import RWKV7Fast
 from rwkvrt.models.shapes import published_config
 from rwkvrt.ops import _pdl
+from rwkvrt.ops.decode import triton_sparse as sparse_mod
 from rwkvrt.ops.decode import triton_tmix_lora as tmix_mod
 
 ALL = ["step", "decode", "decode_stop", "gpu", "pdl_off", "pdl_on", "pdl_on_except_gemv", "pdl_on_except_ln+tmix",
-       "dch64", "dch128", "tmix_w4", "tmix_w16"]
+       "dch64", "dch128", "tmix_w4", "tmix_w16", "ffn_noskip", "ffn_dense", "pp512",
+       "pp512_dense"]
 
 
 def timed(fn, reps: int) -> float:
@@ -49,9 +56,15 @@ def timed(fn, reps: int) -> float:
 def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[int]]:
     """(tok/s of batch-1 decode, its first 24 greedy tokens) for variant v (model knobs set and
     restored around it)."""
-    saved = (m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS)
+    saved = (m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS, m.ffn_sparse)
     off_kinds = set(_pdl.OFF_KINDS)
     try:
+        if v == "ffn_noskip":
+            sparse_mod.SKIP = False
+        elif v in ("ffn_dense", "pp512_dense") and m.ffn_sparse:
+            for p in m.layers:  # the row-major layout back, for this variant only
+                p.ffn_value = p.ffn_value_t.t().contiguous()
+            m.ffn_sparse = False
         if v.startswith("pdl_on_except_"):
             m.pdl = True
             _pdl.OFF_KINDS.update(v[len("pdl_on_except_"):].split("+"))
@@ -68,7 +81,13 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
         r.prefill(s, [1, 2, 3])
         V = m.cfg.vocab_size
         with torch.inference_mode():
-            if v == "step":
+            if v.startswith("pp512"):
+                prompt = torch.randint(0, V, (512,)).tolist()
+
+                def fn():
+                    r.reset(s)
+                    r.prefill(s, prompt)
+            elif v == "step":
                 def fn():
                     tok = [5]
                     for _ in range(tg):
@@ -87,14 +106,18 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
                     for _ in r.decode([s], [5], tg, stop_tokens=stops):
                         pass
             fn()  # warm-up: captures the graphs
-            rate = tg / timed(fn, reps)
+            rate = (512 if v.startswith("pp512") else tg) / timed(fn, reps)
             # the first tokens from a fresh prompt: variants that only move work around must agree
             r.reset(s)
             r.prefill(s, [1, 2, 3])
             toks = [row[0] for row in r.decode([s], [5], 24)]
             return rate, toks
     finally:
-        m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS = saved
+        m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS, m.ffn_sparse = saved
+        sparse_mod.SKIP = True
+        if m.ffn_sparse:
+            for p in m.layers:
+                p.ffn_value = None
         _pdl.OFF_KINDS.clear()
         _pdl.OFF_KINDS.update(off_kinds)
 
@@ -112,6 +135,10 @@ def main() -> None:
     for shape in a.shapes.split(","):
         cfg = published_config(shape)
         m = RWKV7Fast(cfg, random_weights(cfg, dev, dt), device=dev, dtype=dt)
+        zf = ffn_zero_fraction(m) if m.ffn_sparse else None
+        print(json.dumps({"device": name, "shape": shape, "ffn_sparse": m.ffn_sparse, "ffn_zero_frac": zf}),
+              flush=True)
+        print(f"{shape:>5} ffn_sparse={m.ffn_sparse} zero fraction {zf}", file=sys.stderr, flush=True)
         for v in a.variants.split(","):
             line = {"device": name, "shape": shape, "variant": v, "tg": a.tg}
             try:

@@ -7,6 +7,7 @@
 #   overhead: benchmarks/decode_overhead.py on $OVERHEAD_SHAPES (host vs GPU time, top kernels)
 #   flake  : the graph-replay-vs-eager runner test, $FLAKE_N times
 #   barrier: benchmarks/grid_barrier.py (grid-barrier cost, persistent vs per-launch GEMV chains)
+#   sparse : benchmarks/sparse_sweep.py (sparse FFN value tiles vs the dense GEMV; SPARSE_S budget)
 #   dab    : benchmarks/decode_ab.py (batch-1 decode variants in one process per shape; DAB_SHAPES, DAB_VARIANTS)
 #   ab     : rwkvrt bench per shape in $SHAPES with each setting in $AB (env assignments, ';' separated)
 set -u
@@ -37,6 +38,9 @@ for st in $STAGES; do
     barrier)
       echo "== grid barrier / persistent GEMV chain"; timeout -k 5 ${BARRIER_S:-200} python3 benchmarks/grid_barrier.py \
         > "$OUT/barrier.jsonl" 2> "$OUT/barrier.err"; echo "exit $?"; grep -v Warning "$OUT/barrier.err" | tail -20;;
+    sparse)
+      echo "== sparse FFN value sweep"; timeout -k 5 $(( ${SPARSE_S:-120} + 60 )) python3 benchmarks/sparse_sweep.py --budget-s ${SPARSE_S:-120} \
+        > "$OUT/sparse.jsonl" 2> "$OUT/sparse.err"; echo "exit $?"; grep -v Warning "$OUT/sparse.err" | tail -60;;
     dab)
       echo "== decode A/B"; timeout -k 5 ${DAB_S:-300} python3 benchmarks/decode_ab.py --shapes ${DAB_SHAPES:-0.1B,1.5B,7.2B} \
         ${DAB_VARIANTS:+--variants $DAB_VARIANTS} > "$OUT/dab.jsonl" 2> "$OUT/dab.err"; echo "exit $?"; grep -v Warning "$OUT/dab.err" | tail -40;;

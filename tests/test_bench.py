@@ -128,3 +128,14 @@ def test_bench_gpu_tiny(capsys):
     assert not [r for r in res if "error" in r], res
     assert {r["path"] for r in res if r["impl"] == "rwkvrt"} <= {"runner-graphs", "eager"}
     assert {r["impl"] for r in res} == {"rwkvrt", "rwkv-0.8.32"}
+
+
+def test_ffn_zero_fraction_counts_relu2_zeros():
+    """The measured sparsity bench reports beside the sparse FFN value op: about half on random weights
+    (relu of a symmetric pre-activation), and the model's op is restored afterwards."""
+    from rwkvrt.models.rwkv7_fast import RWKV7Fast
+    cfg = make_config(2, 64, 97)
+    fast = RWKV7Fast(cfg, random_state_dict(cfg, seed=3), backend="reference", decode_fused=True)
+    op = fast.ops.sparse_gemv
+    frac = bench.ffn_zero_fraction(fast, n_tokens=8)
+    assert 0.3 < frac < 0.7 and fast.ops.sparse_gemv is op

@@ -105,6 +105,31 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
+def ffn_zero_fraction(fast, n_tokens: int = 32, seed: int = 0) -> float:
+    """Mean fraction of exact zeros in the FFN's relu^2 activations (every layer) over n_tokens
+    greedy single-token steps of one sequence from a zero state, through ``fast``'s decode ops
+    (eager): the share of the FFN value weight that the sparse op does not read."""
+    from .state import State
+
+    seen: list[float] = []
+    op = fast.ops.sparse_gemv
+
+    def recording(h, *a, **kw):
+        seen.append(float((h == 0).float().mean()))
+        return op(h, *a, **kw)
+
+    fast.ops.sparse_gemv = recording
+    try:
+        st = State.zeros(fast.cfg, 1, device=fast.device, dtype=fast.dtype)
+        tok = torch.tensor([[seed % fast.cfg.vocab_size]], device=fast.device)
+        with torch.inference_mode():
+            for _ in range(n_tokens):
+                tok = fast.forward(tok, st).argmax(-1).view(1, 1)
+    finally:
+        fast.ops.sparse_gemv = op
+    return sum(seen) / max(1, len(seen))
+
+
 class _Engine:
     """prefill(tokens) and decode-step calls over rwkvrt (runner or Model) and the official package."""
 
@@ -157,12 +182,17 @@ class _NativeEngine(_Engine):
                 path += f"+decode-ops(b<={fast.decode_max_batch})"
             if os.environ.get("RWKVRT_LOOKAHEAD", "1") != "0":
                 path += "+lookahead"
+            if fast.ffn_sparse:
+                path += "+ffn-sparse"
         else:
             from .model import Model
 
             self.runner, self.model = None, Model(cfg, sd, strategy)
             path = "eager"
         super().__init__("rwkvrt", path, cfg, dev)
+        if runner_cls is not None and fast.ffn_sparse:
+            # the sparse FFN value op's speed depends on the weights: say how sparse these are
+            self.extra["ffn_zero_frac"] = round(ffn_zero_fraction(fast), 4)
 
     def prefill(self, tokens: list[int]) -> None:
         if self.runner is not None:

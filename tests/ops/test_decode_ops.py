@@ -8,7 +8,7 @@ import torch
 from conftest import TOL, rel_err
 
 from rwkvrt.ops.decode import (ACT_NONE, ACT_RELU2, ACT_SIGMOID, ACT_TANH, RowGroups, grouped_gemv_reference,
-                               tmix_lora_step_reference)
+                               sparse_rows_gemv_reference, tmix_lora_step_reference)
 
 
 def _gemv():
@@ -125,3 +125,54 @@ def test_pdl_prefetch_budget_and_switch(monkeypatch):
     assert not pdl.enabled(torch.device("cpu"))
     monkeypatch.setenv("RWKVRT_PDL", "0")
     assert not pdl.enabled(torch.device("cuda"))
+
+
+def _sparse():
+    return pytest.importorskip("rwkvrt.ops.decode.triton_sparse")
+
+
+def _relu2_rows(M, K, zero_frac, gen, dtype, device):
+    """[M, K] like the FFN's relu^2 output: exact zeros at ~zero_frac of the positions."""
+    h = torch.randn(M, K, generator=gen) ** 2
+    h[torch.rand(M, K, generator=gen) < zero_frac] = 0
+    return h.to(device, dtype)
+
+
+@pytest.mark.parametrize("M", [1, 3, 8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_sparse_rows_gemv_matches_reference_chained(kernel_device, M, dtype):
+    """Split-K partials + last-program sum == h @ WT; three chained calls on one scratch (the
+    counters reset themselves), NaN-poisoned outputs, N not a multiple of the column block."""
+    mod = _sparse()
+    gen = torch.Generator().manual_seed(M)
+    K, N = 192, 80
+    WT = (torch.randn(K, N, generator=gen) / K ** 0.5).to(kernel_device, dtype)
+    scratch = mod.SparseScratch(N, K, kernel_device, block_n=32, splits=3)
+    assert scratch.block_k == 32 and scratch.count.numel() == 3
+    for zero_frac in (0.5, 0.9, 1.0):
+        h = _relu2_rows(M, K, zero_frac, gen, dtype, kernel_device)
+        ref = sparse_rows_gemv_reference(h, WT, torch.empty(M, N, device=kernel_device))
+        out = mod.sparse_rows_gemv_triton(h, WT, torch.full((M, N), float("nan"), dtype=dtype, device=kernel_device),
+                                          scratch)
+        dense = mod.sparse_rows_gemv_triton(h, WT, torch.full((M, N), float("nan"), dtype=dtype,
+                                                              device=kernel_device), scratch, skip=False)
+        assert torch.equal(out, dense)  # skipping rows of zeros changes no sum
+        if zero_frac == 1.0:
+            assert (out == 0).all()
+        else:
+            assert rel_err(out, ref) < (1e-5 if dtype == torch.float32 else 5e-3)
+        assert int(scratch.count.abs().sum()) == 0
+
+
+def test_sparse_rows_gemv_plan_and_bad_requests():
+    mod = _sparse()
+    # the published FFN shapes: every program has >= 2 tiles, ~1024 programs
+    for C in (768, 2048, 4096):
+        bn, bk, s = mod.plan(C, 4 * C)
+        assert (4 * C) % (bk * s) == 0 and (4 * C) // (bk * s) >= 2
+        assert -(-C // bn) * s <= mod.TARGET_PROGRAMS
+    assert mod.plan(64, 32) == (64, 32, 1)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        mod.plan(64, 40)
+    with pytest.raises(ValueError, match="must divide"):
+        mod.plan(64, 96, splits=2)

@@ -11,7 +11,9 @@ Decode of 1..decode_max_batch sequences (T = 1, ``_decode``) is 7 launches per l
                     place), group norm, r_k bonus, gate
     gemv            output projection
     add_ln_lerp     residual add + ln2 + FFN lerp + ffn_x state write
-    gemv, gemv      FFN key (relu^2 fused) and value
+    gemv            FFN key (relu^2 fused)
+    sparse_rows_gemv  FFN value, skipping the weight rows the zeros of relu^2 multiply
+                    (``ffn_sparse``; a plain gemv when off)
 
 Prefill and larger batches (``_forward``), 12 launches per layer plus the wkv kernels:
 
@@ -33,6 +35,7 @@ through every layer (the main source of drift against the fp32 reference).
 """
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import torch
@@ -62,9 +65,14 @@ MIX_ORDER = ("x_r", "x_k", "x_v", "x_a", "x_w", "x_g")
 LORA_ORDER = ("v", "a", "w", "g")
 
 
+def _ew_backend(backend: str) -> str:
+    """The element-wise / decode ops' backend for a model backend ("torch" -> reference ops)."""
+    return "reference" if backend in ("reference", "torch") else backend
+
+
 def _resolve_ops(dev: str, backend: str):
     """Every op function for ``backend``; "torch" means reference element-wise ops + chunked wkv."""
-    ew = "reference" if backend in ("reference", "torch") else backend
+    ew = _ew_backend(backend)
     try:
         wkv = wkv7_ops.resolve(dev, backend)
     except ImportError:
@@ -108,6 +116,10 @@ class RWKV7Fast:
         activations, LoRA-up inside the time-mix kernel). None = on when the backend is triton.
         Needs fold_lora_act off. decode_max_batch 4: H100 decode tok/s general -> decode ops,
         1.5B: b2 942 -> 1,110, b4 1,879 -> 2,044, b8 3,689 -> 2,624 (GEMM wins from 8 rows).
+    ffn_sparse: in the decode ops, the FFN value product skips the rows of its weight that the
+        relu^2 activations multiply by zero (``sparse_rows_gemv``; the weight is then kept
+        transposed, [4C, C], for every path: no second copy). None = on with decode_fused unless
+        RWKVRT_FFN_SPARSE=0. Same function; its speed depends on how many activations are zero.
     """
 
     SHORT_T = 4  # reference core: the fp32 loop up to this T, the chunked wkv above
@@ -115,7 +127,7 @@ class RWKV7Fast:
     def __init__(self, cfg: RWKV7Config, sd: dict[str, torch.Tensor], *, device="cpu",
                  dtype: torch.dtype = torch.float16, backend: str = "auto", rkv_bmm: bool = True,
                  prefill_chunk: int = 2048, fold_lora_act: bool = False,
-                 decode_fused: bool | None = None, decode_max_batch: int = 4):
+                 decode_fused: bool | None = None, decode_max_batch: int = 4, ffn_sparse: bool | None = None):
         self.cfg, self.device, self.dtype = cfg, torch.device(device), dtype
         self.backend, self.rkv_bmm, self.prefill_chunk = backend, rkv_bmm, int(prefill_chunk)
         self.fold_lora_act = fold_lora_act
@@ -127,6 +139,12 @@ class RWKV7Fast:
             raise RWKVRTError("decode_fused and fold_lora_act cannot both be on", expected="at most one of them",
                               got="both True", fix="drop fold_lora_act (the decode ops fuse the activations anyway)")
         self.decode_fused, self.decode_max_batch = bool(decode_fused), int(decode_max_batch)
+        if ffn_sparse is None:
+            ffn_sparse = self.decode_fused and os.environ.get("RWKVRT_FFN_SPARSE", "1") != "0"
+        self.ffn_sparse = bool(ffn_sparse) and self.decode_fused
+        if self.ffn_sparse:
+            self.ops.sparse_gemv, make_scratch = decode_ops.resolve_sparse(self.device.type, _ew_backend(backend))
+            self._sparse_scratch = make_scratch(cfg.n_embd, cfg.d_ffn, self.device)
         self.pdl = cfg.n_embd <= PDL_MAX_EMBD
         C = cfg.n_embd
         with torch.no_grad():
@@ -196,8 +214,16 @@ class RWKV7Fast:
             p.up_views = {n: p.up[j, :, :downs[j].shape[1]] for j, n in enumerate(names)}
         p.Wo = take(att + "output.weight").contiguous()
         p.ffn_key = take(ffn + "key.weight").contiguous()
-        p.ffn_value = take(ffn + "value.weight").contiguous()
+        # [C, 4C] as F.linear wants it, or transposed ([4C, C], row k scaled by h[k]) for the sparse op
+        value = take(ffn + "value.weight")
+        p.ffn_value = None if self.ffn_sparse else value.contiguous()
+        p.ffn_value_t = value.t().contiguous() if self.ffn_sparse else None
         return p
+
+    @staticmethod
+    def _ffn_value(h: torch.Tensor, p) -> torch.Tensor:
+        """h @ W_value.T in whichever layout the layer keeps (general path)."""
+        return F.linear(h, p.ffn_value) if p.ffn_value is not None else torch.matmul(h, p.ffn_value_t)
 
     def _load_decode(self, p, mats, names, downs) -> None:
         """The decode path's stacked input weight: W_in = [Wr; Wk; Wv; the LoRA downs (transposed)],
@@ -248,7 +274,8 @@ class RWKV7Fast:
     def _forward(self, tokens, state, slots, full_output: bool) -> torch.Tensor:
         B, T = tokens.shape
         if T == 1 and self.decode_fused and B <= self.decode_max_batch:
-            return self._decode(tokens, state, slots)
+            out = self._decode(tokens, state, slots)
+            return out.unsqueeze(1) if full_output else out
         C = self.cfg.n_embd
         x = self.emb[tokens]  # [B, T, C] activation dtype
         # fp32 residual stream; layer 0 adds the embedding to zeros, which is exact
@@ -261,7 +288,7 @@ class RWKV7Fast:
             xk, res = self.ops.shift.add_ln_lerp(att, res, p.ln2[0], p.ln2[1], state.ffn_x[i], p.ffn_mix,
                                                  eps=LN_EPS, slots=slots, pdl=self.pdl)
             h = self.ops.relu_sq(F.linear(xk[0], p.ffn_key))
-            x = F.linear(h, p.ffn_value)
+            x = self._ffn_value(h, p)
         if not full_output:
             x, res = x[:, -1:], res[:, -1:]
         xn, _ = self.ops.norm.add_layer_norm(x, res, self.ln_out[0], self.ln_out[1], LN_EPS)
@@ -297,7 +324,10 @@ class RWKV7Fast:
             xk, res = self.ops.shift.add_ln_lerp(att.view(B, 1, C), res, p.ln2[0], p.ln2[1], state.ffn_x[i],
                                                  p.ffn_mix, eps=LN_EPS, slots=slots, pdl=self.pdl)
             h = gemv(xk.view(1, B, C), p.ffn_key, p.key_groups, new(p.ffn_key.shape[0]))
-            x = gemv(h.view(1, B, -1), p.ffn_value, p.o_groups, new(C)).view(B, 1, C)
+            if self.ffn_sparse:
+                x = self.ops.sparse_gemv(h, p.ffn_value_t, new(C), self._sparse_scratch, pdl=self.pdl).view(B, 1, C)
+            else:
+                x = gemv(h.view(1, B, -1), p.ffn_value, p.o_groups, new(C)).view(B, 1, C)
         xn, _ = self.ops.norm.add_layer_norm(x, res, self.ln_out[0], self.ln_out[1], LN_EPS)
         logits = torch.empty(B, self.head.shape[0], device=dev, dtype=torch.float32 if self._head_fp32 else dt)
         return gemv(xn.view(1, B, C), self.head, self.head_groups, logits)

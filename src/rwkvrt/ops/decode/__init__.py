@@ -29,14 +29,24 @@ activations, ``tmix_lora_step``, Wo, add_ln_lerp, ffn key with relu^2, ffn value
     out    : [B, C] activation dtype (new tensor) = the time-mix core (``rwkvrt.ops.timemix``)
              with w = w0 + hw @ up_w.T, a = sigmoid(a0 + ha @ up_a.T), g = hg @ up_g.T,
              v = v + (v_first - v) * sigmoid(v0 + hv @ up_v.T)
+
+    out = sparse_rows_gemv(h, WT, out, scratch)
+
+    h      : [M, K] (M <= 8) activation dtype, unit stride along K: the FFN's relu^2 output,
+             mostly exact zeros
+    WT     : [K, N] contiguous: the FFN value weight TRANSPOSED (row k is what h[:, k] scales)
+    out    : [M, N] WRITTEN and returned: h @ WT, rows of WT that every batch row multiplies by
+             zero are never read (the saving at decode: weight bytes)
+    scratch: the kernel's partial sums and counters (``make_scratch(N, K, device)``, once per
+             model; the reference's factory returns None)
 """
 from __future__ import annotations
 
 from .reference import (ACT_NONE, ACT_RELU2, ACT_SIGMOID, ACT_TANH, RowGroups, grouped_gemv_reference,
-                        tmix_lora_step_reference)
+                        no_scratch, sparse_rows_gemv_reference, tmix_lora_step_reference)
 
 __all__ = ["ACT_NONE", "ACT_RELU2", "ACT_SIGMOID", "ACT_TANH", "RowGroups", "grouped_gemv_reference",
-           "tmix_lora_step_reference", "resolve"]
+           "sparse_rows_gemv_reference", "tmix_lora_step_reference", "resolve", "resolve_sparse"]
 
 
 def resolve(device: str, backend: str = "auto"):
@@ -50,3 +60,14 @@ def resolve(device: str, backend: str = "auto"):
 
     return choose("the decode-step ops", device, backend, (grouped_gemv_reference, tmix_lora_step_reference),
                   triton)
+
+
+def resolve_sparse(device: str, backend: str = "auto"):
+    """(sparse_rows_gemv, make_scratch) for ``device``, chosen as ``resolve`` chooses."""
+    from .._backend import choose
+
+    def triton():
+        from .triton_sparse import make_scratch, sparse_rows_gemv_triton
+        return sparse_rows_gemv_triton, make_scratch
+
+    return choose("the sparse FFN value op", device, backend, (sparse_rows_gemv_reference, no_scratch), triton)

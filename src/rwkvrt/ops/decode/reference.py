@@ -101,5 +101,19 @@ def tmix_lora_step_reference(rkvh, state, slots, *, lora, up, w0, a0, v0, v_firs
     return out[:, 0].to(dt)
 
 
+def sparse_rows_gemv_reference(h: torch.Tensor, WT: torch.Tensor, out: torch.Tensor, scratch=None, *,
+                               pdl=None) -> torch.Tensor:
+    """See ``rwkvrt.ops.decode``: out = h @ WT in fp32, rounded once (the zero rows of h add
+    nothing, so skipping them is the same function). ``scratch`` is the kernel's; ignored."""
+    assert h.shape[-1] == WT.shape[0] and out.shape == (h.shape[0], WT.shape[1])
+    out.copy_(h.float() @ WT.float())
+    return out
+
+
+def no_scratch(N: int, K: int, device) -> None:
+    """The reference needs no scratch (the Triton op's factory has this signature)."""
+    return None
+
+
 __all__ = ["ACT_NONE", "ACT_RELU2", "ACT_TANH", "ACT_SIGMOID", "RowGroups", "apply_act",
-           "grouped_gemv_reference", "tmix_lora_step_reference"]
+           "grouped_gemv_reference", "no_scratch", "sparse_rows_gemv_reference", "tmix_lora_step_reference"]
