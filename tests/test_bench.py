@@ -135,7 +135,7 @@ def test_ffn_zero_fraction_counts_relu2_zeros():
     (relu of a symmetric pre-activation), and the model's op is restored afterwards."""
     from rwkvrt.models.rwkv7_fast import RWKV7Fast
     cfg = make_config(2, 64, 97)
-    fast = RWKV7Fast(cfg, random_state_dict(cfg, seed=3), backend="reference", decode_fused=True)
+    fast = RWKV7Fast(cfg, random_state_dict(cfg, seed=3), backend="reference", decode_fused=True, ffn_sparse=True)
     op = fast.ops.sparse_gemv
     frac = bench.ffn_zero_fraction(fast, n_tokens=8)
     assert 0.3 < frac < 0.7 and fast.ops.sparse_gemv is op

@@ -212,14 +212,15 @@ def test_gpu_fold_lora_act_fp16_accuracy():
 
 def _decode_fused_vs_plain(device, backend, sparse=None):
     """Single-token steps through the decode ops == through the general path (chained, B 1 and 3, slots).
-    sparse: the fused model's ffn_sparse (None: its default, on); the plain model keeps W_value as is."""
+    sparse: the fused model's ffn_sparse (B 1 through the sparse op, B 3 through cuBLAS on the
+    transposed layout); the plain model keeps W_value as is."""
     cfg = make_config(2, 128, 301)
     sd = random_state_dict(cfg, seed=11)
     plain = RWKV7Fast(cfg, sd, device=device, dtype=torch.float32, backend=backend, decode_fused=False)
     fused = RWKV7Fast(cfg, sd, device=device, dtype=torch.float32, backend=backend, decode_fused=True,
                       decode_max_batch=4, ffn_sparse=sparse)
     assert not plain.ffn_sparse and plain.layers[0].ffn_value_t is None
-    assert fused.ffn_sparse == (sparse is not False)
+    assert fused.ffn_sparse == sparse
     assert (fused.layers[0].ffn_value is None) == fused.ffn_sparse  # one layout kept, never both
     g = torch.Generator().manual_seed(5)
     for B in (1, 3):
@@ -238,7 +239,7 @@ def _decode_fused_vs_plain(device, backend, sparse=None):
         assert torch.equal(p_fused.wkv[:, [1, 3]], pool.wkv[:, [1, 3]])
 
 
-@pytest.mark.parametrize("sparse", [None, False])
+@pytest.mark.parametrize("sparse", [True, False])
 def test_fast_decode_fused_reference_ops_match_general_path(sparse):
     _decode_fused_vs_plain("cpu", "reference", sparse)
 
@@ -246,14 +247,16 @@ def test_fast_decode_fused_reference_ops_match_general_path(sparse):
 def test_fast_ffn_sparse_env_switch(monkeypatch):
     cfg = make_config(1, 64, 50)
     sd = random_state_dict(cfg, seed=2)
-    monkeypatch.setenv("RWKVRT_FFN_SPARSE", "0")
-    assert not RWKV7Fast(cfg, sd, backend="reference", decode_fused=True).ffn_sparse
+    monkeypatch.delenv("RWKVRT_FFN_SPARSE", raising=False)
+    assert not RWKV7Fast(cfg, sd, backend="reference", decode_fused=True).ffn_sparse  # C 64 < SPARSE_MIN_EMBD
     monkeypatch.setenv("RWKVRT_FFN_SPARSE", "1")
     assert RWKV7Fast(cfg, sd, backend="reference", decode_fused=True).ffn_sparse
+    monkeypatch.setenv("RWKVRT_FFN_SPARSE", "0")
+    assert not RWKV7Fast(cfg, sd, backend="reference", decode_fused=True, ffn_sparse=None).ffn_sparse
     assert not RWKV7Fast(cfg, sd, backend="reference", decode_fused=False, ffn_sparse=True).ffn_sparse
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("sparse", [None, False])
+@pytest.mark.parametrize("sparse", [True, False])
 def test_fast_decode_fused_triton_ops_match_general_path(kernel_device, sparse):
     _decode_fused_vs_plain(kernel_device, "triton", sparse)

@@ -57,6 +57,10 @@ LN_EPS = 1e-5
 # 176 -> 170 (slower with or without the L2 prefetch): small layers gain the hidden launch and
 # ramp of each kernel, wide ones lose a little (docs/perf.md).
 PDL_MAX_EMBD = 2048
+# The sparse FFN value op pays ~4 us of split-K latency (partials + a last-program sum): at the
+# 0.1B's C = 768 that is more than the dense GEMV's whole time (H200: 7.6 vs 3.5 us), from the
+# 1.5B's C = 2048 up it wins at half zeros (H100: 7.2B 47 -> 30 us; docs/perf.md)
+SPARSE_MIN_EMBD = 2048
 # Order of the six lerp rows produced by add_ln_lerp. r, k, v first so that xs[0:3] feeds the
 # stacked r/k/v product, and v, a, w, g contiguous so that xs[2:6] feeds the stacked LoRA-down
 # product (xs[3:6] in layer 0, which has no value-residual LoRA); w and g adjacent so that
@@ -116,10 +120,12 @@ class RWKV7Fast:
         activations, LoRA-up inside the time-mix kernel). None = on when the backend is triton.
         Needs fold_lora_act off. decode_max_batch 4: H100 decode tok/s general -> decode ops,
         1.5B: b2 942 -> 1,110, b4 1,879 -> 2,044, b8 3,689 -> 2,624 (GEMM wins from 8 rows).
-    ffn_sparse: in the decode ops, the FFN value product skips the rows of its weight that the
-        relu^2 activations multiply by zero (``sparse_rows_gemv``; the weight is then kept
-        transposed, [4C, C], for every path: no second copy). None = on with decode_fused unless
-        RWKVRT_FFN_SPARSE=0. Same function; its speed depends on how many activations are zero.
+    ffn_sparse: in the decode ops at batch 1, the FFN value product skips the rows of its weight
+        that the relu^2 activations multiply by zero (``sparse_rows_gemv``; the weight is then
+        kept transposed, [4C, C], for every path: no second copy; 2..decode_max_batch rows use
+        cuBLAS on that layout). None = on with decode_fused from n_embd SPARSE_MIN_EMBD
+        (RWKVRT_FFN_SPARSE=0 / 1 forces off / on). Same function; its speed depends on how many
+        activations are zero.
     """
 
     SHORT_T = 4  # reference core: the fp32 loop up to this T, the chunked wkv above
@@ -140,7 +146,8 @@ class RWKV7Fast:
                               got="both True", fix="drop fold_lora_act (the decode ops fuse the activations anyway)")
         self.decode_fused, self.decode_max_batch = bool(decode_fused), int(decode_max_batch)
         if ffn_sparse is None:
-            ffn_sparse = self.decode_fused and os.environ.get("RWKVRT_FFN_SPARSE", "1") != "0"
+            env = os.environ.get("RWKVRT_FFN_SPARSE", "auto")
+            ffn_sparse = env == "1" or (env != "0" and cfg.n_embd >= SPARSE_MIN_EMBD)
         self.ffn_sparse = bool(ffn_sparse) and self.decode_fused
         if self.ffn_sparse:
             self.ops.sparse_gemv, make_scratch = decode_ops.resolve_sparse(self.device.type, _ew_backend(backend))
@@ -324,8 +331,10 @@ class RWKV7Fast:
             xk, res = self.ops.shift.add_ln_lerp(att.view(B, 1, C), res, p.ln2[0], p.ln2[1], state.ffn_x[i],
                                                  p.ffn_mix, eps=LN_EPS, slots=slots, pdl=self.pdl)
             h = gemv(xk.view(1, B, C), p.ffn_key, p.key_groups, new(p.ffn_key.shape[0]))
-            if self.ffn_sparse:
+            if self.ffn_sparse and B == 1:
                 x = self.ops.sparse_gemv(h, p.ffn_value_t, new(C), self._sparse_scratch, pdl=self.pdl).view(B, 1, C)
+            elif self.ffn_sparse:  # a row of W_value.T is skipped only if every row's h is 0 there: rarely
+                x = torch.matmul(h, p.ffn_value_t).view(B, 1, C)
             else:
                 x = gemv(h.view(1, B, -1), p.ffn_value, p.o_groups, new(C)).view(B, 1, C)
         xn, _ = self.ops.norm.add_layer_norm(x, res, self.ln_out[0], self.ln_out[1], LN_EPS)
