@@ -140,13 +140,15 @@ def _relu2_rows(M, K, zero_frac, gen, dtype, device):
 
 @pytest.mark.parametrize("M", [1, 3, 8])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("reduce_elems", [4096, 64])
-def test_sparse_rows_gemv_matches_reference_chained(kernel_device, M, dtype, reduce_elems, monkeypatch):
+@pytest.mark.parametrize("reduce_elems,early_mask", [(4096, True), (64, True), (4096, False)])
+def test_sparse_rows_gemv_matches_reference_chained(kernel_device, M, dtype, reduce_elems, early_mask, monkeypatch):
     """Split-K partials + last-program sum == h @ WT; three chained calls on one scratch (the
     counters reset themselves), NaN-poisoned outputs, N not a multiple of the column block;
-    the partials summed in one chunk of splits, or in two (reduce_elems 64: 2 splits a chunk)."""
+    the partials summed in one chunk of splits, or in two (reduce_elems 64: 2 splits a chunk); the
+    row masks of all tiles computed up front (early_mask) or from each tile's h."""
     mod = _sparse()
     monkeypatch.setattr(mod, "REDUCE_ELEMS", reduce_elems)
+    monkeypatch.setattr(mod, "EARLY_MASK", early_mask)
     gen = torch.Generator().manual_seed(M)
     K, N = 192, 80
     WT = (torch.randn(K, N, generator=gen) / K ** 0.5).to(kernel_device, dtype)

@@ -40,6 +40,7 @@ MAX_SPLITS = 32
 STAGES = 3
 NUM_WARPS = 4
 REDUCE_ELEMS = 4096   # partial sums per program per load in the last program's reduction
+EARLY_MASK = True     # every tile's row mask computed before the main loop (False: per tile, A/B knob)
 SKIP = True           # False: load every row (the dense rate of this layout; an A/B knob)
 
 
@@ -48,7 +49,8 @@ def sparse_rows_gemv_kernel(h_ptr, wt_ptr, out_ptr, part_ptr, count_ptr, M, N, s
                             K_SPLIT: tl.constexpr, SPLITS: tl.constexpr, BLOCK_N: tl.constexpr,
                             BLOCK_K: tl.constexpr, M_PAD: tl.constexpr, SKIP: tl.constexpr,
                             IEEE: tl.constexpr, STAGES: tl.constexpr, USE_PDL: tl.constexpr,
-                            S_CHUNK: tl.constexpr, N_CHUNKS: tl.constexpr):
+                            S_CHUNK: tl.constexpr, N_CHUNKS: tl.constexpr, EARLY_MASK: tl.constexpr,
+                            TILES_PAD: tl.constexpr):
     """Grid (cdiv(N, BLOCK_N), SPLITS). out[m, n] = sum_k h[m, k] * WT[k, n] (module docstring).
     SKIP=False loads every row (the same tiles and sums: the dense rate of this layout).
     The last program reads the partials S_CHUNK splits at a time (N_CHUNKS * S_CHUNK >= SPLITS),
@@ -65,13 +67,31 @@ def sparse_rows_gemv_kernel(h_ptr, wt_ptr, out_ptr, part_ptr, count_ptr, M, N, s
     h_ptrs = h_ptr + m[:, None] * shm + kk[None, :]
     w_ptrs = wt_ptr + kk.to(tl.int64)[:, None] * N + n[None, :]
     acc = tl.zeros([M_PAD, BLOCK_N], dtype=tl.float32)
+    if EARLY_MASK:
+        # which rows of this split any batch row needs, for every tile at once, before the loop:
+        # the weight loads' masks then depend on no load in the loop, so the pipeline can run
+        # them STAGES tiles ahead (a mask from the same tile's h load costs an L2 round trip
+        # per tile before its weight load can start)
+        tt = tl.arange(0, TILES_PAD)
+        split_h = h_ptr + pid_s * K_SPLIT + tt[:, None] * BLOCK_K + tl.arange(0, BLOCK_K)[None, :]
+        need_all = tl.zeros([TILES_PAD, BLOCK_K], dtype=tl.int32)
+        mi = 0
+        while mi < M:
+            hv = tl.load(split_h + mi * shm, mask=(tt < K_SPLIT // BLOCK_K)[:, None], other=0.0)
+            need_all = tl.maximum(need_all, (hv != 0).to(tl.int32))
+            mi += 1
+    i = 0
     for _ in tl.range(0, K_SPLIT // BLOCK_K, num_stages=STAGES):
         h = tl.load(h_ptrs, mask=mmask[:, None], other=0.0)
         if SKIP:
-            need = tl.max((h != 0).to(tl.int32), axis=0) > 0   # [BLOCK_K]: any batch row uses it
+            if EARLY_MASK:
+                need = tl.max(tl.where((tt == i)[:, None], need_all, 0), axis=0) > 0
+            else:
+                need = tl.max((h != 0).to(tl.int32), axis=0) > 0   # [BLOCK_K]: any batch row uses it
             w = tl.load(w_ptrs, mask=need[:, None] & nmask[None, :], other=0.0)
         else:
             w = tl.load(w_ptrs, mask=nmask[None, :], other=0.0)
+        i += 1
         if IEEE:
             acc = tl.dot(h, w, acc, input_precision="ieee")
         else:
@@ -97,12 +117,13 @@ def sparse_rows_gemv_kernel(h_ptr, wt_ptr, out_ptr, part_ptr, count_ptr, M, N, s
         tl.atomic_xchg(count_ptr + pid_n, 0, sem="relaxed", scope="gpu")  # the next launch starts at 0
 
 
-def plan(N: int, K: int, block_n: int | None = None, splits: int | None = None) -> tuple[int, int, int]:
+def plan(N: int, K: int, block_n: int | None = None, splits: int | None = None,
+         block_k: int | None = None) -> tuple[int, int, int]:
     """(block_n, block_k, splits) for WT [K, N]: column blocks of 256 (128 below N = 2048), rows
     split in up to MAX_SPLITS parts of at least two tiles. H100/H200 sweeps (docs/perf.md):
     256 x 32 splits is the best or within 5% of it at the 1.5B and 7.2B FFN shapes."""
     bn = block_n or (256 if N >= 2048 else 128)
-    bk = BLOCK_K
+    bk = block_k or BLOCK_K
     while K % bk and bk > 16:
         bk //= 2
     if K % bk:
@@ -119,9 +140,10 @@ def plan(N: int, K: int, block_n: int | None = None, splits: int | None = None) 
 class SparseScratch:
     """Partials [splits, MAX_M, N] fp32 and per-column-block counters (zero) for WT [K, N]."""
 
-    def __init__(self, N: int, K: int, device, block_n: int | None = None, splits: int | None = None):
+    def __init__(self, N: int, K: int, device, block_n: int | None = None, splits: int | None = None,
+                 block_k: int | None = None):
         self.N, self.K = N, K
-        self.block_n, self.block_k, self.splits = plan(N, K, block_n, splits)
+        self.block_n, self.block_k, self.splits = plan(N, K, block_n, splits, block_k)
         self.part = torch.empty(self.splits, MAX_M, N, device=device, dtype=torch.float32)
         self.count = torch.zeros(triton.cdiv(N, self.block_n), device=device, dtype=torch.int32)
 
@@ -147,7 +169,8 @@ def sparse_rows_gemv_triton(h: torch.Tensor, WT: torch.Tensor, out: torch.Tensor
     sc = min(triton.next_power_of_2(S), max(1, REDUCE_ELEMS // bn))
     sparse_rows_gemv_kernel[(triton.cdiv(N, bn), S)](
         h, WT, out, scratch.part, scratch.count, M, N, h.stride(0), out.stride(0), scratch.part.stride(0),
-        K_SPLIT=K // S, SPLITS=S, S_CHUNK=sc, N_CHUNKS=triton.cdiv(S, sc), BLOCK_N=bn, BLOCK_K=bk, M_PAD=16, SKIP=SKIP if skip is None else skip, IEEE=h.dtype == torch.float32,
+        K_SPLIT=K // S, SPLITS=S, EARLY_MASK=EARLY_MASK, TILES_PAD=triton.next_power_of_2(K // S // bk),
+        S_CHUNK=sc, N_CHUNKS=triton.cdiv(S, sc), BLOCK_N=bn, BLOCK_K=bk, M_PAD=16, SKIP=SKIP if skip is None else skip, IEEE=h.dtype == torch.float32,
         STAGES=STAGES if stages is None else stages, USE_PDL=pdl,
         num_warps=NUM_WARPS if num_warps is None else num_warps, launch_pdl=pdl)
     return out
