@@ -99,6 +99,9 @@ def prefill_floor(mb: dict, ceil: dict) -> float:
 
 
 def git_sha() -> str:
+    """RWKVRT_GIT_SHA when set (a copied tree whose .git is stale, e.g. the device machine), else git's."""
+    if os.environ.get("RWKVRT_GIT_SHA"):
+        return os.environ["RWKVRT_GIT_SHA"]
     root = Path(__file__).resolve().parents[2]
     try:
         out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
