@@ -119,6 +119,9 @@ def test_floors_formula():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_bench_gpu_tiny(capsys):
     """The CUDA path (runner with graphs when it imports) and the official package, tiny shape."""
+    import importlib.util
+    if importlib.util.find_spec("rwkv") is None:
+        pytest.skip("the official rwkv package is not installed (scripts/gpu_check.sh installs it from .whl/)")
     rc = bench.run(_args("--shape", "L2-C128-V1000", "--strategy", "cuda fp16", "--pp", "16", "--tg", "4",
                          "--batch", "1,2", "--warmup", "1", "--repeat", "1", "--compare", "rwkv", "--json-only"))
     assert rc == 0
@@ -126,7 +129,7 @@ def test_bench_gpu_tiny(capsys):
     assert lines[0]["triton"] is None or isinstance(lines[0]["triton"], str)
     res = lines[1:]
     assert not [r for r in res if "error" in r], res
-    assert {r["path"] for r in res if r["impl"] == "rwkvrt"} <= {"runner-graphs", "eager"}
+    assert all(r["path"].startswith("runner-graphs") or r["path"] == "eager" for r in res if r["impl"] == "rwkvrt")
     assert {r["impl"] for r in res} == {"rwkvrt", "rwkv-0.8.32"}
 
 
