@@ -18,30 +18,11 @@ import time
 
 import torch
 
+from grid_barrier import graph_time_us  # benchmarks/ is on sys.path when a script in it runs
 from rwkvrt.models.shapes import published_config
 from rwkvrt.ops.decode import RowGroups
 from rwkvrt.ops.decode import triton_sparse as sp
 from rwkvrt.ops.decode.triton_gemv import grouped_gemv_triton
-
-
-def graph_us(fn, reps: int = 20) -> float:
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    g.replay()
-    torch.cuda.synchronize()
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    a.record()
-    for _ in range(reps):
-        g.replay()
-    b.record()
-    torch.cuda.synchronize()
-    return a.elapsed_time(b) * 1e3 / reps
 
 
 def main() -> None:
@@ -66,11 +47,12 @@ def main() -> None:
             return torch.where(torch.rand(1, F, device=dev, generator=g) < zf, 0.0, h).to(dt)
 
         bn0, _, s0 = sp.plan(C, F)
-        d = dict(block_n=bn0, splits=s0, num_warps=4, stages=3, reduce=4096, early=True, block_k=32)
+        d = dict(block_n=bn0, splits=s0, num_warps=sp.NUM_WARPS, stages=sp.STAGES, reduce=sp.REDUCE_ELEMS, early=True,
+                 block_k=sp.BLOCK_K)
         configs = [d, {**d, "early": False}]
         configs += [{**d, "stages": st} for st in (2, 4, 6)]
         configs += [{**d, "block_k": bk} for bk in (16, 64)]
-        configs += [{**d, "block_k": 16, "stages": 6}, {**d, "num_warps": 8}, {**d, "num_warps": 2}]
+        configs += [{**d, "block_k": 16, "stages": 6}, {**d, "num_warps": 8}, {**d, "num_warps": 4}]
         configs += [{**d, "block_n": 128, "splits": S} for S in (16, 32, 64)]
         configs += [{**d, "splits": S} for S in (8, 16, 64)]
         for zf, M in ((0.5, 1), (0.85, 1), (0.0, 1)):
@@ -79,7 +61,7 @@ def main() -> None:
             ref = (h.float() @ WT[0].float())
             dense_groups = RowGroups.single(C)
             lines = []
-            t = graph_us(lambda: [grouped_gemv_triton(h.view(1, M, F), w, dense_groups, out) for w in W]) / copies
+            t = graph_time_us(lambda: [grouped_gemv_triton(h.view(1, M, F), w, dense_groups, out) for w in W]) / copies
             lines.append({"variant": "dense_gemv", "us": round(t, 2), "GBps_dense_equiv": round(C * F * 2 / t / 1e3, 1)})
             seen = set()
             for cf in configs:
@@ -100,7 +82,7 @@ def main() -> None:
                 try:
                     sp.sparse_rows_gemv_triton(h, WT[0], out, scr, **kw)
                     err = float((out.float() - ref).abs().max() / ref.abs().max())
-                    t = graph_us(lambda: [sp.sparse_rows_gemv_triton(h, w, out, scr, **kw) for w in WT]) / copies
+                    t = graph_time_us(lambda: [sp.sparse_rows_gemv_triton(h, w, out, scr, **kw) for w in WT]) / copies
                     need = float((h != 0).any(0).float().mean())
                     lines.append({"variant": "sparse", **cf, "us": round(t, 2),
                                   "GBps_dense_equiv": round(C * F * 2 / t / 1e3, 1),
