@@ -117,11 +117,14 @@ def test_floors_formula():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_bench_gpu_tiny(capsys):
-    """The CUDA path (runner with graphs when it imports) and the official package, tiny shape."""
+def test_bench_gpu_tiny(capsys, monkeypatch):
+    """The CUDA path (runner with graphs when it imports) and the official package, tiny shape. The
+    official package runs without its CUDA kernel here: building it takes minutes (the H100 run of
+    2026-11-23 s4 hit the GPU suite's time cap in that build), and this test is about the harness."""
     import importlib.util
     if importlib.util.find_spec("rwkv") is None:
         pytest.skip("the official rwkv package is not installed (scripts/gpu_check.sh installs it from .whl/)")
+    monkeypatch.setenv("RWKV_CUDA_ON", "0")
     rc = bench.run(_args("--shape", "L2-C128-V1000", "--strategy", "cuda fp16", "--pp", "16", "--tg", "4",
                          "--batch", "1,2", "--warmup", "1", "--repeat", "1", "--compare", "rwkv", "--json-only"))
     assert rc == 0
