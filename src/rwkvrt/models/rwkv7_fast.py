@@ -57,9 +57,10 @@ LN_EPS = 1e-5
 # 176 -> 170 (slower with or without the L2 prefetch): small layers gain the hidden launch and
 # ramp of each kernel, wide ones lose a little (docs/perf.md).
 PDL_MAX_EMBD = 2048
-# The sparse FFN value op pays ~4 us of split-K latency (partials + a last-program sum): at the
-# 0.1B's C = 768 that is more than the dense GEMV's whole time (H200: 7.6 vs 3.5 us), from the
-# 1.5B's C = 2048 up it wins at half zeros (H100: 7.2B 47 -> 30 us; docs/perf.md)
+# The sparse FFN value op carries ~8 us of latency that does not shrink with the zeros (its
+# K-tile chain, then partials -> counter -> the last program's sum): at the 0.1B's C = 768 that
+# is more than the dense GEMV's whole time (H200: 5.8-9 vs 3.5 us); from the 1.5B's C = 2048 up it
+# wins at half zeros (H100 decode b1: 1.5B +2.4%, 7.2B 183 -> 205 tok/s; docs/perf.md)
 SPARSE_MIN_EMBD = 2048
 # Order of the six lerp rows produced by add_ln_lerp. r, k, v first so that xs[0:3] feeds the
 # stacked r/k/v product, and v, a, w, g contiguous so that xs[2:6] feeds the stacked LoRA-down
