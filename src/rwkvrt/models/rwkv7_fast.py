@@ -335,7 +335,7 @@ class RWKV7Fast:
             if self.ffn_sparse and B == 1:
                 x = self.ops.sparse_gemv(h, p.ffn_value_t, new(C), self._sparse_scratch, pdl=self.pdl).view(B, 1, C)
             elif self.ffn_sparse:  # a row of W_value.T is skipped only if every row's h is 0 there: rarely
-                x = torch.matmul(h, p.ffn_value_t).view(B, 1, C)
+                x = self._ffn_value(h, p).view(B, 1, C)
             else:
                 x = gemv(h.view(1, B, -1), p.ffn_value, p.o_groups, new(C)).view(B, 1, C)
         xn, _ = self.ops.norm.add_layer_norm(x, res, self.ln_out[0], self.ln_out[1], LN_EPS)

@@ -37,7 +37,7 @@ activations, ``tmix_lora_step``, Wo, add_ln_lerp, ffn key with relu^2, ffn value
     WT     : [K, N] contiguous: the FFN value weight TRANSPOSED (row k is what h[:, k] scales)
     out    : [M, N] WRITTEN and returned: h @ WT, rows of WT that every batch row multiplies by
              zero are never read (the saving at decode: weight bytes)
-    scratch: the kernel's partial sums and counters (``make_scratch(N, K, device)``, once per
+    scratch: the kernel's partial sums and counters (``SparseScratch(N, K, device)``, once per
              model; the reference's factory returns None)
 """
 from __future__ import annotations
@@ -63,11 +63,11 @@ def resolve(device: str, backend: str = "auto"):
 
 
 def resolve_sparse(device: str, backend: str = "auto"):
-    """(sparse_rows_gemv, make_scratch) for ``device``, chosen as ``resolve`` chooses."""
+    """(sparse_rows_gemv, scratch factory (N, K, device)) for ``device``, chosen as ``resolve`` chooses."""
     from .._backend import choose
 
     def triton():
-        from .triton_sparse import make_scratch, sparse_rows_gemv_triton
-        return sparse_rows_gemv_triton, make_scratch
+        from .triton_sparse import SparseScratch, sparse_rows_gemv_triton
+        return sparse_rows_gemv_triton, SparseScratch
 
     return choose("the sparse FFN value op", device, backend, (sparse_rows_gemv_reference, no_scratch), triton)

@@ -148,10 +148,6 @@ class SparseScratch:
         self.count = torch.zeros(triton.cdiv(N, self.block_n), device=device, dtype=torch.int32)
 
 
-def make_scratch(N: int, K: int, device) -> SparseScratch:
-    return SparseScratch(N, K, device)
-
-
 def sparse_rows_gemv_triton(h: torch.Tensor, WT: torch.Tensor, out: torch.Tensor, scratch: SparseScratch, *,
                             pdl: bool | None = None, skip: bool | None = None, stages: int | None = None,
                             num_warps: int | None = None) -> torch.Tensor:
@@ -170,7 +166,8 @@ def sparse_rows_gemv_triton(h: torch.Tensor, WT: torch.Tensor, out: torch.Tensor
     sparse_rows_gemv_kernel[(triton.cdiv(N, bn), S)](
         h, WT, out, scratch.part, scratch.count, M, N, h.stride(0), out.stride(0), scratch.part.stride(0),
         K_SPLIT=K // S, SPLITS=S, EARLY_MASK=EARLY_MASK, TILES_PAD=triton.next_power_of_2(K // S // bk),
-        S_CHUNK=sc, N_CHUNKS=triton.cdiv(S, sc), BLOCK_N=bn, BLOCK_K=bk, M_PAD=16, SKIP=SKIP if skip is None else skip, IEEE=h.dtype == torch.float32,
+        S_CHUNK=sc, N_CHUNKS=triton.cdiv(S, sc), BLOCK_N=bn, BLOCK_K=bk, M_PAD=16,
+        SKIP=SKIP if skip is None else skip, IEEE=h.dtype == torch.float32,
         STAGES=STAGES if stages is None else stages, USE_PDL=pdl,
         num_warps=NUM_WARPS if num_warps is None else num_warps, launch_pdl=pdl)
     return out
