@@ -15,6 +15,9 @@ Variants (comma separated; default: all that apply):
   ffn_noskip  decode with the sparse FFN value op loading every row (same tiles: its dense rate)
   ffn_dense   decode with the FFN value as the plain row-major GEMV (the path before ffn_sparse)
   pp512 / pp512_dense     prefill of 512 tokens (tok/s) with W_value kept transposed / row-major
+  layer[_rN][_sN][_nopdl] decode with each layer as one decode_layer launch (FFN value dense);
+              _rN: register cap N (0 = none), _sN: weight elements a GEMV item loads before its
+              wait, _nopdl: the layer kernels launched without PDL (no cross-layer overlap)
 Each shape also reports ffn_zero_frac: the share of relu^2 zeros (random weights: about half).
 Prints one JSON line per (shape, variant) and a short table on stderr.
 """
@@ -34,12 +37,14 @@ from rwkvrt.engine.runner import DecodeRunner
 from rwkvrt.models.rwkv7_fast import RWKV7Fast
 from rwkvrt.models.shapes import published_config
 from rwkvrt.ops import _pdl
+from rwkvrt.ops import decode as decode_ops
+from rwkvrt.ops.decode import triton_layer as layer_mod
 from rwkvrt.ops.decode import triton_sparse as sparse_mod
 from rwkvrt.ops.decode import triton_tmix_lora as tmix_mod
 
 ALL = ["step", "decode", "decode_stop", "gpu", "pdl_off", "pdl_on", "pdl_on_except_gemv", "pdl_on_except_ln+tmix",
        "dch64", "dch128", "tmix_w4", "tmix_w16", "ffn_noskip", "ffn_dense", "pp512",
-       "pp512_dense"]
+       "pp512_dense", "layer", "layer_r0", "layer_r168", "layer_s16384", "layer_nopdl"]
 
 
 def timed(fn, reps: int) -> float:
@@ -56,12 +61,12 @@ def timed(fn, reps: int) -> float:
 def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[int]]:
     """(tok/s of batch-1 decode, its first 24 greedy tokens) for variant v (model knobs set and
     restored around it)."""
-    saved = (m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS, m.ffn_sparse)
+    saved = (m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS, m.ffn_sparse, m.layer_fused, layer_mod.MAXNREG, layer_mod.SLAB)
     off_kinds = set(_pdl.OFF_KINDS)
     try:
         if v == "ffn_noskip":
             sparse_mod.SKIP = False
-        elif v in ("ffn_dense", "pp512_dense") and m.ffn_sparse:
+        elif (v in ("ffn_dense", "pp512_dense") or v.startswith("layer")) and m.ffn_sparse:
             for p in m.layers:  # the row-major layout back, for this variant only
                 p.ffn_value = p.ffn_value_t.t().contiguous()
             m.ffn_sparse = False
@@ -76,6 +81,17 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
             tmix_mod.DCH = int(v[3:])
         elif v.startswith("tmix_w"):
             tmix_mod.NUM_WARPS = int(v[6:])
+        elif v.startswith("layer"):
+            m.layer_fused = True
+            m.ops.decode_layer, m._make_layer_scratch = decode_ops.resolve_layer("cuda", "triton")
+            m._layer_scratch = {}
+            for knob in v.split("_")[1:]:
+                if knob == "nopdl":
+                    m.pdl = False
+                elif knob[0] == "r":
+                    layer_mod.MAXNREG = int(knob[1:])
+                elif knob[0] == "s":
+                    layer_mod.SLAB = int(knob[1:])
         r = DecodeRunner(m, 1)
         s = r.alloc()
         r.prefill(s, [1, 2, 3])
@@ -113,7 +129,7 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
             toks = [row[0] for row in r.decode([s], [5], 24)]
             return rate, toks
     finally:
-        m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS, m.ffn_sparse = saved
+        m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS, m.ffn_sparse, m.layer_fused, layer_mod.MAXNREG, layer_mod.SLAB = saved
         sparse_mod.SKIP = True
         if m.ffn_sparse:
             for p in m.layers:

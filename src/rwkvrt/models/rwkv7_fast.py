@@ -62,6 +62,10 @@ PDL_MAX_EMBD = 2048
 # is more than the dense GEMV's whole time (H200: 5.8-9 vs 3.5 us); from the 1.5B's C = 2048 up it
 # wins at half zeros (H100 decode b1: 1.5B +2.4%, 7.2B 183 -> 205 tok/s; docs/perf.md)
 SPARSE_MIN_EMBD = 2048
+# The fused decode layer (``rwkvrt.ops.decode.decode_layer``: one launch per layer, dataflow
+# phases) for 1..LAYER_MAX_BATCH rows, up to LAYER_MAX_EMBD (its value rows are whole rows of 4C).
+LAYER_MAX_EMBD = 2048
+LAYER_MAX_BATCH = 4
 # Order of the six lerp rows produced by add_ln_lerp. r, k, v first so that xs[0:3] feeds the
 # stacked r/k/v product, and v, a, w, g contiguous so that xs[2:6] feeds the stacked LoRA-down
 # product (xs[3:6] in layer 0, which has no value-residual LoRA); w and g adjacent so that
@@ -121,6 +125,9 @@ class RWKV7Fast:
         activations, LoRA-up inside the time-mix kernel). None = on when the backend is triton.
         Needs fold_lora_act off. decode_max_batch 4: H100 decode tok/s general -> decode ops,
         1.5B: b2 942 -> 1,110, b4 1,879 -> 2,044, b8 3,689 -> 2,624 (GEMM wins from 8 rows).
+    layer_fused: decode steps of 1..LAYER_MAX_BATCH rows run each layer as ONE launch
+        (``decode_layer``; FFN value dense, so ffn_sparse is then off). None = RWKVRT_LAYER_FUSED
+        (0 / 1; default off) with decode_fused, n_embd <= LAYER_MAX_EMBD.
     ffn_sparse: in the decode ops at batch 1, the FFN value product skips the rows of its weight
         that the relu^2 activations multiply by zero (``sparse_rows_gemv``; the weight is then
         kept transposed, [4C, C], for every path: no second copy; 2..decode_max_batch rows use
@@ -134,7 +141,8 @@ class RWKV7Fast:
     def __init__(self, cfg: RWKV7Config, sd: dict[str, torch.Tensor], *, device="cpu",
                  dtype: torch.dtype = torch.float16, backend: str = "auto", rkv_bmm: bool = True,
                  prefill_chunk: int = 2048, fold_lora_act: bool = False,
-                 decode_fused: bool | None = None, decode_max_batch: int = 4, ffn_sparse: bool | None = None):
+                 decode_fused: bool | None = None, decode_max_batch: int = 4, ffn_sparse: bool | None = None,
+                 layer_fused: bool | None = None):
         self.cfg, self.device, self.dtype = cfg, torch.device(device), dtype
         self.backend, self.rkv_bmm, self.prefill_chunk = backend, rkv_bmm, int(prefill_chunk)
         self.fold_lora_act = fold_lora_act
@@ -146,6 +154,18 @@ class RWKV7Fast:
             raise RWKVRTError("decode_fused and fold_lora_act cannot both be on", expected="at most one of them",
                               got="both True", fix="drop fold_lora_act (the decode ops fuse the activations anyway)")
         self.decode_fused, self.decode_max_batch = bool(decode_fused), int(decode_max_batch)
+        if layer_fused is None:
+            layer_fused = os.environ.get("RWKVRT_LAYER_FUSED", "0") == "1" and cfg.n_embd <= LAYER_MAX_EMBD
+        self.layer_fused = bool(layer_fused) and self.decode_fused
+        if self.layer_fused:
+            if cfg.n_embd > LAYER_MAX_EMBD:
+                raise RWKVRTError("layer_fused supports n_embd up to %d" % LAYER_MAX_EMBD,
+                                  expected=f"n_embd <= {LAYER_MAX_EMBD}", got=str(cfg.n_embd),
+                                  fix="leave layer_fused=None (off for wide models)")
+            self.ops.decode_layer, self._make_layer_scratch = decode_ops.resolve_layer(self.device.type,
+                                                                                       _ew_backend(backend))
+            self._layer_scratch: dict[int, object] = {}
+            ffn_sparse = False
         if ffn_sparse is None:
             env = os.environ.get("RWKVRT_FFN_SPARSE", "auto")
             ffn_sparse = env == "1" or (env != "0" and cfg.n_embd >= SPARSE_MIN_EMBD)
@@ -310,7 +330,8 @@ class RWKV7Fast:
         return out if full_output else out[:, 0]
 
     def _decode(self, tokens, state, slots) -> torch.Tensor:
-        """One token per sequence through the decode ops (7 launches per layer). Returns [B, V]."""
+        """One token per sequence through the decode ops (7 launches per layer, or one with
+        layer_fused). Returns [B, V]."""
         B = tokens.shape[0]
         C = self.cfg.n_embd
         dev, dt = self.device, self.dtype
@@ -319,6 +340,8 @@ class RWKV7Fast:
         x = self.emb[tokens]  # [B, 1, C]
         res = torch.zeros(B, 1, C, device=dev, dtype=torch.float32)
         v_first = None
+        if self.layer_fused and B <= LAYER_MAX_BATCH:
+            return self._head(*self._decode_layers(x.view(B, C), res.view(B, C), state, slots))
         for i, p in enumerate(self.layers):
             xs, res = self.ops.shift.add_ln_lerp(x, res, p.ln1[0], p.ln1[1], state.att_x[i], p.mix6,
                                                  eps=LN_EPS, slots=slots, pdl=self.pdl)
@@ -338,9 +361,36 @@ class RWKV7Fast:
                 x = self._ffn_value(h, p).view(B, 1, C)
             else:
                 x = gemv(h.view(1, B, -1), p.ffn_value, p.o_groups, new(C)).view(B, 1, C)
-        xn, _ = self.ops.norm.add_layer_norm(x, res, self.ln_out[0], self.ln_out[1], LN_EPS)
-        logits = torch.empty(B, self.head.shape[0], device=dev, dtype=torch.float32 if self._head_fp32 else dt)
-        return gemv(xn.view(1, B, C), self.head, self.head_groups, logits)
+        return self._head(x, res)
+
+    def _decode_layers(self, x, res, state, slots):
+        """Every layer as one ``decode_layer`` launch: x [B, C], res [B, C] fp32 (mutated) -> (x, res)."""
+        B, C = x.shape
+        sc = self._layer_scratch.get(B)
+        if sc is None and B not in self._layer_scratch:
+            cfg = self.cfg
+            sc = self._make_layer_scratch(n_layer=cfg.n_layer, batch=B, n_embd=C, d_ffn=cfg.d_ffn,
+                                          n_in=max(p.W_in.shape[0] for p in self.layers), device=self.device,
+                                          dtype=self.dtype)
+            self._layer_scratch[B] = sc
+        if sc is not None:
+            sc.begin()
+        v_first = None
+        for i, p in enumerate(self.layers):
+            x, rkvh = self.ops.decode_layer(x, res, p, state.att_x[i], state.ffn_x[i], state.wkv[i], slots, v_first,
+                                            sc, layer=i, eps=LN_EPS, pdl=self.pdl)
+            if i == 0:
+                v_first = rkvh[:, 2 * C:3 * C]
+        return x, res
+
+    def _head(self, x, res) -> torch.Tensor:
+        """Final residual add + LayerNorm and the head GEMV for decode: [B, V] logits."""
+        B, C = x.shape[0], self.cfg.n_embd
+        xn, _ = self.ops.norm.add_layer_norm(x.view(B, 1, C), res.view(B, 1, C), self.ln_out[0], self.ln_out[1],
+                                             LN_EPS)
+        logits = torch.empty(B, self.head.shape[0], device=self.device,
+                             dtype=torch.float32 if self._head_fp32 else self.dtype)
+        return self.ops.gemv(xn.view(1, B, C), self.head, self.head_groups, logits, pdl=self.pdl)
 
     def _mm_out_fp32_works(self) -> bool:
         """torch.mm(..., out_dtype=float32) for half inputs exists on CUDA in recent torch builds."""

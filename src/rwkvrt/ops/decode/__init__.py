@@ -39,14 +39,32 @@ activations, ``tmix_lora_step``, Wo, add_ln_lerp, ffn key with relu^2, ffn value
              zero are never read (the saving at decode: weight bytes)
     scratch: the kernel's partial sums and counters (``SparseScratch(N, K, device)``, once per
              model; the reference's factory returns None)
+
+    out, rkvh = decode_layer(x, res, p, att_x, ffn_x, wkv, slots, v_first, scratch, *, layer, eps)
+
+    The whole layer (the seven ops above, FFN value dense) as one launch for 1..4 sequences.
+    x      : [B, C] activation dtype, contiguous: the previous layer's output (the embedding in
+             layer 0), not mutated
+    res    : [B, C] fp32 residual stream, UPDATED IN PLACE (res + x + attention output)
+    p      : the layer's weights as ``RWKV7Fast`` lays them out for decode: ln1, mix6, W_in,
+             in_groups, lora_cols, up_views, w0, a0, v0, k_k, k_a, r_k, ln_x, Wo, ln2,
+             ffn_mix, ffn_key, ffn_value ([C, 4C])
+    att_x, ffn_x : [S, C] token-shift pools, wkv [S, H, N, N] fp32: rows ``slots`` UPDATED IN PLACE
+    v_first: [B, C] (layer 0's value; None in layer 0)
+    scratch: the step's buffers and counters (``LayerScratch``; None for the reference);
+             ``scratch.begin()`` once per step before layer 0, and layers in order 0, 1, ...
+    out    : [B, C] the layer's output (in the scratch: valid until the next layer's call);
+    rkvh   : [B, 3C + sum D] r | k | v | LoRA hidden (layer 0's v is the later layers' v_first)
 """
 from __future__ import annotations
 
-from .reference import (ACT_NONE, ACT_RELU2, ACT_SIGMOID, ACT_TANH, RowGroups, grouped_gemv_reference,
-                        no_scratch, sparse_rows_gemv_reference, tmix_lora_step_reference)
+from .reference import (ACT_NONE, ACT_RELU2, ACT_SIGMOID, ACT_TANH, RowGroups, decode_layer_reference,
+                        grouped_gemv_reference, no_layer_scratch, no_scratch, sparse_rows_gemv_reference,
+                        tmix_lora_step_reference)
 
-__all__ = ["ACT_NONE", "ACT_RELU2", "ACT_SIGMOID", "ACT_TANH", "RowGroups", "grouped_gemv_reference",
-           "sparse_rows_gemv_reference", "tmix_lora_step_reference", "resolve", "resolve_sparse"]
+__all__ = ["ACT_NONE", "ACT_RELU2", "ACT_SIGMOID", "ACT_TANH", "RowGroups", "decode_layer_reference",
+           "grouped_gemv_reference", "sparse_rows_gemv_reference", "tmix_lora_step_reference", "resolve",
+           "resolve_layer", "resolve_sparse"]
 
 
 def resolve(device: str, backend: str = "auto"):
@@ -71,3 +89,15 @@ def resolve_sparse(device: str, backend: str = "auto"):
         return sparse_rows_gemv_triton, SparseScratch
 
     return choose("the sparse FFN value op", device, backend, (sparse_rows_gemv_reference, no_scratch), triton)
+
+
+def resolve_layer(device: str, backend: str = "auto"):
+    """(decode_layer, step scratch factory (keywords n_layer, batch, n_embd, d_ffn, n_in, device,
+    dtype)) for ``device``, chosen as ``resolve`` chooses."""
+    from .._backend import choose
+
+    def triton():
+        from .triton_layer import LayerScratch, decode_layer_triton
+        return decode_layer_triton, LayerScratch
+
+    return choose("the fused decode layer", device, backend, (decode_layer_reference, no_layer_scratch), triton)

@@ -110,10 +110,36 @@ def sparse_rows_gemv_reference(h: torch.Tensor, WT: torch.Tensor, out: torch.Ten
     return out
 
 
+def decode_layer_reference(x, res, p, att_x, ffn_x, wkv, slots, v_first, scratch=None, *, layer: int,
+                           eps: float = 1e-5, pdl=None):
+    """See ``rwkvrt.ops.decode``: the seven decode ops' references in sequence."""
+    from ..token_shift.reference import add_ln_lerp_reference
+
+    B, C = x.shape
+    new = lambda n: torch.empty(B, n, device=x.device, dtype=x.dtype)  # noqa: E731
+    row = lambda t: t.view(B, 1, -1)  # noqa: E731
+    xs, rmid = add_ln_lerp_reference(row(x), row(res), p.ln1[0], p.ln1[1], att_x, p.mix6, eps=eps, slots=slots)
+    rkvh = grouped_gemv_reference(xs.view(6, B, C), p.W_in, p.in_groups, new(p.W_in.shape[0]))
+    tm = tmix_lora_step_reference(rkvh, wkv, slots, lora=p.lora_cols, up=p.up_views, w0=p.w0, a0=p.a0, v0=p.v0,
+                                  v_first=v_first, k_k=p.k_k, k_a=p.k_a, r_k=p.r_k, ln_w=p.ln_x[0], ln_b=p.ln_x[1])
+    att = grouped_gemv_reference(tm.view(1, B, C), p.Wo, RowGroups.single(C), new(C))
+    xk, rnew = add_ln_lerp_reference(row(att), rmid, p.ln2[0], p.ln2[1], ffn_x, p.ffn_mix, eps=eps, slots=slots)
+    F = p.ffn_key.shape[0]
+    h = grouped_gemv_reference(xk.view(1, B, C), p.ffn_key, RowGroups.single(F, ACT_RELU2), new(F))
+    out = grouped_gemv_reference(h.view(1, B, F), p.ffn_value, RowGroups.single(C), new(C))
+    res.copy_(rnew.view(B, C))
+    return out, rkvh
+
+
+def no_layer_scratch(**kw) -> None:
+    """The reference needs no step scratch (the Triton op's factory, ``LayerScratch``, takes these keywords)."""
+    return None
+
+
 def no_scratch(N: int, K: int, device) -> None:
     """The reference needs no scratch (the Triton op's factory has this signature)."""
     return None
 
 
-__all__ = ["ACT_NONE", "ACT_RELU2", "ACT_TANH", "ACT_SIGMOID", "RowGroups", "apply_act",
-           "grouped_gemv_reference", "no_scratch", "sparse_rows_gemv_reference", "tmix_lora_step_reference"]
+__all__ = ["ACT_NONE", "ACT_RELU2", "ACT_TANH", "ACT_SIGMOID", "RowGroups", "apply_act", "decode_layer_reference",
+           "grouped_gemv_reference", "no_layer_scratch", "no_scratch", "sparse_rows_gemv_reference", "tmix_lora_step_reference"]

@@ -32,13 +32,15 @@ NUM_WARPS: int | None = None
 
 
 @triton.jit
-def _lora_up(hid_ptr, up_ptr, s_up, c, D: tl.constexpr, DCH: tl.constexpr, N: tl.constexpr):
-    """fp32 [N]: sum_d hid[d] * up[c, d] for the N channels c."""
+def _lora_up(hid_ptr, up_ptr, s_up, c, D: tl.constexpr, DCH: tl.constexpr, N: tl.constexpr,
+             CM: tl.constexpr = ""):
+    """fp32 [N]: sum_d hid[d] * up[c, d] for the N channels c. CM: the hidden rows' cache modifier
+    (".cg" where another program of the same launch wrote them)."""
     acc = tl.zeros([N, DCH], dtype=tl.float32)
     for d0 in tl.static_range(0, D, DCH):
         d = d0 + tl.arange(0, DCH)
         dm = d < D
-        hv = tl.load(hid_ptr + d, mask=dm, other=0.0).to(tl.float32)
+        hv = tl.load(hid_ptr + d, mask=dm, other=0.0, cache_modifier=CM).to(tl.float32)
         u = tl.load(up_ptr + c.to(tl.int64)[:, None] * s_up + d[None, :], mask=dm[None, :], other=0.0)
         acc += u.to(tl.float32) * hv[None, :]
     return tl.sum(acc, axis=1)
