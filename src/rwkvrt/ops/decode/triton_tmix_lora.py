@@ -33,7 +33,7 @@ NUM_WARPS: int | None = None
 
 @triton.jit
 def _lora_up(hid_ptr, up_ptr, s_up, c, D: tl.constexpr, DCH: tl.constexpr, N: tl.constexpr,
-             CM: tl.constexpr = ""):
+             CM: tl.constexpr):
     """fp32 [N]: sum_d hid[d] * up[c, d] for the N channels c. CM: the hidden rows' cache modifier
     (".cg" where another program of the same launch wrote them)."""
     acc = tl.zeros([N, DCH], dtype=tl.float32)
@@ -78,11 +78,11 @@ def tmix_lora_step_kernel(rkvh_ptr, state_ptr, slots_ptr, out_ptr, vf_ptr,
     r = tl.load(row + h * N + j).to(tl.float32)
     k = tl.load(row + C + h * N + j).to(tl.float32)
     v = tl.load(row + 2 * C + ch).to(tl.float32)
-    w = tl.load(w0_ptr + ch) + _lora_up(row + OFF_W, upw_ptr, s_up, ch, DW, DCH, N)
-    a = tl.sigmoid(tl.load(a0_ptr + ch) + _lora_up(row + OFF_A, upa_ptr, s_up, ch, DA, DCH, N))
-    g = _lora_up(row + OFF_G, upg_ptr, s_up, ch, DG, DCH, N)
+    w = tl.load(w0_ptr + ch) + _lora_up(row + OFF_W, upw_ptr, s_up, ch, DW, DCH, N, "")
+    a = tl.sigmoid(tl.load(a0_ptr + ch) + _lora_up(row + OFF_A, upa_ptr, s_up, ch, DA, DCH, N, ""))
+    g = _lora_up(row + OFF_G, upg_ptr, s_up, ch, DG, DCH, N, "")
     if HAS_VRES:
-        vg = tl.load(v0_ptr + ch) + _lora_up(row + OFF_V, upv_ptr, s_up, ch, DV, DCH, N)
+        vg = tl.load(v0_ptr + ch) + _lora_up(row + OFF_V, upv_ptr, s_up, ch, DV, DCH, N, "")
         vf = tl.load(vf_ptr + b * s_fb + ch).to(tl.float32)
         v += (vf - v) * tl.sigmoid(vg)
     kk_w = tl.load(kk_w_ptr + h * N + j)
