@@ -15,9 +15,10 @@ Variants (comma separated; default: all that apply):
   ffn_noskip  decode with the sparse FFN value op loading every row (same tiles: its dense rate)
   ffn_dense   decode with the FFN value as the plain row-major GEMV (the path before ffn_sparse)
   pp512 / pp512_dense     prefill of 512 tokens (tok/s) with W_value kept transposed / row-major
-  layer[_rN][_sN][_nopdl] decode with each layer as one decode_layer launch (FFN value dense);
-              _rN: register cap N (0 = none), _sN: weight elements a GEMV item loads before its
-              wait, _nopdl: the layer kernels launched without PDL (no cross-layer overlap)
+  layer[_rN][_sN][_cN][_pid][_nopdl] decode with each layer as one decode_layer launch (FFN value
+              dense); _rN: register cap N (0 = none), _sN: weight elements of a GEMV chunk, _cN:
+              chunks per GEMV item, _pid: program id as the ticket, _nopdl: the layer kernels
+              launched without PDL (no cross-layer overlap)
 Each shape also reports ffn_zero_frac: the share of relu^2 zeros (random weights: about half).
 Prints one JSON line per (shape, variant) and a short table on stderr.
 """
@@ -61,7 +62,8 @@ def timed(fn, reps: int) -> float:
 def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[int]]:
     """(tok/s of batch-1 decode, its first 24 greedy tokens) for variant v (model knobs set and
     restored around it)."""
-    saved = (m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS, m.ffn_sparse, m.layer_fused, layer_mod.MAXNREG, layer_mod.SLAB)
+    saved = (m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS, m.ffn_sparse, m.layer_fused, layer_mod.MAXNREG, layer_mod.SLAB,
+             layer_mod.NCH, layer_mod.TICKET)
     off_kinds = set(_pdl.OFF_KINDS)
     try:
         if v == "ffn_noskip":
@@ -88,6 +90,10 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
             for knob in v.split("_")[1:]:
                 if knob == "nopdl":
                     m.pdl = False
+                elif knob == "pid":
+                    layer_mod.TICKET = False
+                elif knob[0] == "c":
+                    layer_mod.NCH = int(knob[1:])
                 elif knob[0] == "r":
                     layer_mod.MAXNREG = int(knob[1:])
                 elif knob[0] == "s":
@@ -129,7 +135,8 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
             toks = [row[0] for row in r.decode([s], [5], 24)]
             return rate, toks
     finally:
-        m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS, m.ffn_sparse, m.layer_fused, layer_mod.MAXNREG, layer_mod.SLAB = saved
+        (m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS, m.ffn_sparse, m.layer_fused, layer_mod.MAXNREG, layer_mod.SLAB,
+         layer_mod.NCH, layer_mod.TICKET) = saved
         sparse_mod.SKIP = True
         if m.ffn_sparse:
             for p in m.layers:

@@ -44,8 +44,12 @@ def _step(op, model, x, res, pools, slots, scratch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("B,dtype", [(1, torch.float32), (3, torch.float32), (2, torch.float16)])
-def test_decode_layer_matches_reference_chained(kernel_device, B, dtype):
+@pytest.mark.parametrize("B,dtype,nch", [(1, torch.float32, 1), (3, torch.float32, 1), (2, torch.float16, 1),
+                                         (1, torch.float32, 2), (3, torch.float16, 4)])
+def test_decode_layer_matches_reference_chained(kernel_device, B, dtype, nch, monkeypatch):
+    """nch: BN-row chunks per GEMV item (the first loaded before the wait, the rest after)."""
+    from rwkvrt.ops.decode import triton_layer
+    monkeypatch.setattr(triton_layer, "NCH", nch)
     layer_op, LayerScratch, CNT_TICKET = _layer_op()
     cfg = make_config(3, 128, 97)
     model = RWKV7Fast(cfg, random_state_dict(cfg, seed=3), device=kernel_device, dtype=dtype, backend="reference",

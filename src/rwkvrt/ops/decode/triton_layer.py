@@ -33,6 +33,8 @@ Imports triton: only import this module on a machine that has it.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -52,9 +54,10 @@ NUM_WARPS = 4
 # register cap: uncapped the time-mix phase takes the kernel to ~180 registers (2 programs per SM
 # at 4 warps); 128 gives 4 per SM for ~50 bytes of spills (sm_90 ptxas, 1.5B). 0 = no cap.
 MAXNREG = 128
+NCH = 1              # BN-row chunks per GEMV item (the first before the wait, the rest streamed after)
+TICKET = True        # False: program id as the ticket (assumes programs start in id order; A/B only)
 MAX_B = 4
 MAX_EMBD = 2048      # the value rows are single rows of 4C: SLAB bounds 4C (padded) at 8192
-NOINLINE = False
 SPIN_LIMIT = tl.constexpr(1 << 20)  # polls (~1 s) before a wait gives up and counts an error: a bug, never a hang
 # the counter indices as the kernels see them
 _TICKET, _LN1, _ERR = tl.constexpr(CNT_TICKET), tl.constexpr(CNT_LN1), tl.constexpr(CNT_ERR)
@@ -62,16 +65,24 @@ _IN, _TM, _O, _LN2, _KEY = (tl.constexpr(c) for c in (CNT_IN, CNT_TM, CNT_O, CNT
 
 
 @triton.jit
-def _wait(cnt_ptr, target, err_ptr):
-    """Spin until *cnt_ptr >= target, then acquire it (gpu scope)."""
-    seen = tl.load(cnt_ptr, volatile=True)
+def _ld_acquire(ptr, ASM: tl.constexpr):
+    if ASM:
+        return tl.inline_asm_elementwise("ld.acquire.gpu.global.b32 $0, [$1];", "=r,l", [ptr], dtype=tl.int32,
+                                         is_pure=False, pack=1)
+    else:  # the interpreter runs no inline asm
+        return tl.atomic_add(ptr, 0, sem="acquire", scope="gpu")
+
+
+@triton.jit
+def _wait(cnt_ptr, target, err_ptr, ASM: tl.constexpr):
+    """Spin until *cnt_ptr >= target; every poll is an acquire load at gpu scope."""
+    seen = _ld_acquire(cnt_ptr, ASM)
     n = 0
     while (seen < target) & (n < SPIN_LIMIT):
-        seen = tl.load(cnt_ptr, volatile=True)
+        seen = _ld_acquire(cnt_ptr, ASM)
         n += 1
     if seen < target:
         tl.atomic_add(err_ptr, 1, sem="relaxed", scope="gpu")
-    tl.atomic_add(cnt_ptr, 0, sem="acquire", scope="gpu")
 
 
 @triton.jit
@@ -81,34 +92,46 @@ def _act(y, act):
     return tl.where(act == 1, pos * pos, tl.where(act == 2, th, tl.where(act == 3, tl.sigmoid(y), y)))
 
 
-@triton.jit(noinline=NOINLINE)
+@triton.jit
 def _gemv_item(item, w_ptr, x_ptr, sxg, xrow_ptr, act_ptr, out_ptr, so, dep_ptr, dep_target, err_ptr,
-               N: tl.constexpr, K: tl.constexpr, K_PAD: tl.constexpr, BN: tl.constexpr, B: tl.constexpr,
-               GROUPED: tl.constexpr, ACT: tl.constexpr):
-    """Rows [item*BN, +BN) of out[b] = act(x[xrow, b] @ W.T); W [N, K], x rows of K, out rows of so."""
-    n = item * BN + tl.arange(0, BN)
+               N: tl.constexpr, K: tl.constexpr, K_PAD: tl.constexpr, BN: tl.constexpr, NCH: tl.constexpr,
+               B: tl.constexpr, GROUPED: tl.constexpr, ACT: tl.constexpr, ASM: tl.constexpr):
+    """Rows [item*BN*NCH, +BN*NCH) of out[b] = act(x[xrow, b] @ W.T); W [N, K], x rows of K, out
+    rows of stride so. The first BN-row chunk loads before the wait; each later one is loaded
+    while the one before it is multiplied."""
+    n = item * (BN * NCH) + tl.arange(0, BN)
     k = tl.arange(0, K_PAD)
-    nmask = n < N
     kmask = k < K
-    w = tl.load(w_ptr + n.to(tl.int64)[:, None] * K + k[None, :], mask=nmask[:, None] & kmask[None, :], other=0.0)
+    w_ptrs = w_ptr + n.to(tl.int64)[:, None] * K + k[None, :]
+    w = tl.load(w_ptrs, mask=(n < N)[:, None] & kmask[None, :], other=0.0)
     if GROUPED:
         xrow = tl.load(xrow_ptr + item)
         act = tl.load(act_ptr + item)
     else:
         xrow = 0
         act = ACT
-    _wait(dep_ptr, dep_target, err_ptr)
-    wf = w.to(tl.float32)
-    for b in tl.static_range(B):
-        x = tl.load(x_ptr + xrow * sxg + b * K + k, mask=kmask, other=0.0, cache_modifier=".cg")
-        y = _act(tl.sum(wf * x.to(tl.float32)[None, :], axis=1), act)
-        tl.store(out_ptr + b * so + n, y.to(out_ptr.dtype.element_ty), mask=nmask)
+    _wait(dep_ptr, dep_target, err_ptr, ASM)
+    x0 = tl.load(x_ptr + xrow * sxg + k, mask=kmask, other=0.0, cache_modifier=".cg").to(tl.float32)
+    for c in tl.static_range(NCH):
+        if c + 1 < NCH:
+            w_next = tl.load(w_ptrs + (c + 1) * BN * K, mask=(n + (c + 1) * BN < N)[:, None] & kmask[None, :],
+                             other=0.0)
+        wf = w.to(tl.float32)
+        for b in tl.static_range(B):
+            if b == 0:
+                x = x0
+            else:
+                x = tl.load(x_ptr + xrow * sxg + b * K + k, mask=kmask, other=0.0, cache_modifier=".cg").to(tl.float32)
+            y = _act(tl.sum(wf * x[None, :], axis=1), act)
+            tl.store(out_ptr + b * so + n + c * BN, y.to(out_ptr.dtype.element_ty), mask=n + c * BN < N)
+        if c + 1 < NCH:
+            w = w_next
 
 
-@triton.jit(noinline=NOINLINE)
+@triton.jit
 def _ln_item(item, x_ptr, rin_ptr, rout_ptr, lnw_ptr, lnb_ptr, prev_ptr, slots_ptr, mix_ptr, out_ptr, eps,
              dep_ptr, dep_target, err_ptr, C: tl.constexpr, BLOCK_C: tl.constexpr, SLICE: tl.constexpr,
-             NS: tl.constexpr, B: tl.constexpr, M: tl.constexpr):
+             NS: tl.constexpr, B: tl.constexpr, M: tl.constexpr, ASM: tl.constexpr):
     """Row b, channels [lo, lo+SLICE): rout = rin + x; xn = LayerNorm(rout) (whole-row statistics);
     out[i, b] = xn + (prev[slot] - xn) * mix[i] for the M mix rows; prev[slot] = xn. As
     ``add_ln_lerp`` for one token: xn and the shifted row rounded to the activation dtype."""
@@ -122,7 +145,7 @@ def _ln_item(item, x_ptr, rin_ptr, rout_ptr, lnw_ptr, lnb_ptr, prev_ptr, slots_p
     slot = tl.load(slots_ptr + b).to(tl.int64)
     ty = out_ptr.dtype.element_ty
     shifted = tl.load(prev_ptr + slot * C + offs, mask=smask, other=0.0, cache_modifier=".cg").to(ty).to(tl.float32)
-    _wait(dep_ptr, dep_target, err_ptr)
+    _wait(dep_ptr, dep_target, err_ptr, ASM)
     h = tl.load(rin_ptr + b * C + offs, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
     h += tl.load(x_ptr + b * C + offs, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
     h = h.to(rout_ptr.dtype.element_ty)
@@ -139,13 +162,13 @@ def _ln_item(item, x_ptr, rin_ptr, rout_ptr, lnw_ptr, lnb_ptr, prev_ptr, slots_p
         tl.store(out_ptr + (i * B + b) * C + offs, (xn + xx * mix).to(ty), mask=smask)
 
 
-@triton.jit(noinline=NOINLINE)
+@triton.jit
 def _tmix_item(item, rkvh_ptr, s_rkvh, vf_ptr, s_vf, state_ptr, slots_ptr, out_ptr, upw_ptr, upa_ptr, upg_ptr, upv_ptr,
                s_up, w0_ptr, a0_ptr, v0_ptr, kk_w_ptr, ka_ptr, rk_ptr, lnw_ptr, lnb_ptr, decay_scale, gn_eps,
                l2_eps, dep_ptr, dep_target, err_ptr, OFF_W: tl.constexpr,
                OFF_A: tl.constexpr, OFF_G: tl.constexpr, OFF_V: tl.constexpr, DW: tl.constexpr,
                DA: tl.constexpr, DG: tl.constexpr, DV: tl.constexpr, DCH: tl.constexpr, H: tl.constexpr,
-               N: tl.constexpr, HAS_VRES: tl.constexpr):
+               N: tl.constexpr, HAS_VRES: tl.constexpr, ASM: tl.constexpr):
     """(sequence b, head h) of ``tmix_lora_step``: the state and parameters load before the wait."""
     h = item % H
     b = (item // H).to(tl.int64)
@@ -163,7 +186,7 @@ def _tmix_item(item, rkvh_ptr, s_rkvh, vf_ptr, s_vf, state_ptr, slots_ptr, out_p
     r_k = tl.load(rk_ptr + h * N + j)
     ln_w = tl.load(lnw_ptr + ch)
     ln_b = tl.load(lnb_ptr + ch)
-    _wait(dep_ptr, dep_target, err_ptr)
+    _wait(dep_ptr, dep_target, err_ptr, ASM)
     row = rkvh_ptr + b * s_rkvh
     r = tl.load(row + h * N + j, cache_modifier=".cg").to(tl.float32)
     k = tl.load(row + C + h * N + j, cache_modifier=".cg").to(tl.float32)
@@ -192,46 +215,50 @@ def decode_layer_kernel(x_ptr, res_ptr, rmid_ptr, xs_ptr, rkvh_ptr, vf_ptr, tm_p
                         N_IN: tl.constexpr, C: tl.constexpr, F: tl.constexpr, H: tl.constexpr,
                         N: tl.constexpr, B: tl.constexpr, BLOCK_C: tl.constexpr, SLICE: tl.constexpr,
                         C_PAD: tl.constexpr, F_PAD: tl.constexpr, BN_IN: tl.constexpr,
-                        BN_C: tl.constexpr, BN_F: tl.constexpr,
+                        BN_C: tl.constexpr, BN_F: tl.constexpr, NCH: tl.constexpr,
                         OFF_W: tl.constexpr, OFF_A: tl.constexpr, OFF_G: tl.constexpr, OFF_V: tl.constexpr,
                         DW: tl.constexpr, DA: tl.constexpr, DG: tl.constexpr, DV: tl.constexpr,
-                        DCH: tl.constexpr, HAS_VRES: tl.constexpr, USE_PDL: tl.constexpr):
+                        DCH: tl.constexpr, HAS_VRES: tl.constexpr, USE_PDL: tl.constexpr,
+                        TICKET: tl.constexpr, ASM: tl.constexpr):
     """Grid (total items,): see the module doc. cnt_ptr: this layer's counters row; prev_ptr /
     prev_target: the counter LN1 waits for (the previous layer's VAL; target 0 = none)."""
     NS: tl.constexpr = (C + SLICE - 1) // SLICE
     E_LN1: tl.constexpr = B * NS
-    E_IN: tl.constexpr = E_LN1 + (N_IN + BN_IN - 1) // BN_IN
+    E_IN: tl.constexpr = E_LN1 + (N_IN + BN_IN * NCH - 1) // (BN_IN * NCH)
     E_TM: tl.constexpr = E_IN + B * H
-    E_O: tl.constexpr = E_TM + (C + BN_C - 1) // BN_C
+    E_O: tl.constexpr = E_TM + (C + BN_C * NCH - 1) // (BN_C * NCH)
     E_LN2: tl.constexpr = E_O + B * NS
-    E_KEY: tl.constexpr = E_LN2 + (F + BN_C - 1) // BN_C
+    E_KEY: tl.constexpr = E_LN2 + (F + BN_C * NCH - 1) // (BN_C * NCH)
     if USE_PDL:
         tl.extra.cuda.gdc_launch_dependents()
-    t = tl.atomic_add(cnt_ptr + _TICKET, 1, sem="relaxed", scope="gpu")
+    if TICKET:
+        t = tl.atomic_add(cnt_ptr + _TICKET, 1, sem="relaxed", scope="gpu")
+    else:  # program order as the ticket: relies on the hardware starting programs in id order
+        t = tl.program_id(0)
     err = cnt_ptr + _ERR
     if t < E_LN1:
         _ln_item(t, x_ptr, res_ptr, rmid_ptr, ln1w_ptr, ln1b_ptr, attx_ptr, slots_ptr, mix6_ptr, xs_ptr, eps,
-                 prev_ptr, prev_target, err, C, BLOCK_C, SLICE, NS, B, 6)
+                 prev_ptr, prev_target, err, C, BLOCK_C, SLICE, NS, B, 6, ASM)
     elif t < E_IN:
         _gemv_item(t - E_LN1, win_ptr, xs_ptr, B * C, xrow_ptr, act_ptr, rkvh_ptr, s_rkvh, cnt_ptr + _LN1, E_LN1, err,
-                   N_IN, C, C_PAD, BN_IN, B, True, 0)
+                   N_IN, C, C_PAD, BN_IN, NCH, B, True, 0, ASM)
     elif t < E_TM:
         _tmix_item(t - E_IN, rkvh_ptr, s_rkvh, vf_ptr, s_vf, wkv_ptr, slots_ptr, tm_ptr, upw_ptr, upa_ptr, upg_ptr,
                    upv_ptr, s_up, w0_ptr, a0_ptr, v0_ptr, kk_ptr, ka_ptr, rk_ptr, lnxw_ptr, lnxb_ptr,
                    decay_scale, gn_eps, l2_eps, cnt_ptr + _IN, E_IN - E_LN1, err, OFF_W, OFF_A, OFF_G,
-                   OFF_V, DW, DA, DG, DV, DCH, H, N, HAS_VRES)
+                   OFF_V, DW, DA, DG, DV, DCH, H, N, HAS_VRES, ASM)
     elif t < E_O:
         _gemv_item(t - E_TM, wo_ptr, tm_ptr, 0, xrow_ptr, act_ptr, att_ptr, C, cnt_ptr + _TM, E_TM - E_IN, err,
-                   C, C, C_PAD, BN_C, B, False, 0)
+                   C, C, C_PAD, BN_C, NCH, B, False, 0, ASM)
     elif t < E_LN2:
         _ln_item(t - E_O, att_ptr, rmid_ptr, res_ptr, ln2w_ptr, ln2b_ptr, ffnx_ptr, slots_ptr, fmix_ptr, xk_ptr,
-                 eps, cnt_ptr + _O, E_O - E_TM, err, C, BLOCK_C, SLICE, NS, B, 1)
+                 eps, cnt_ptr + _O, E_O - E_TM, err, C, BLOCK_C, SLICE, NS, B, 1, ASM)
     elif t < E_KEY:
         _gemv_item(t - E_LN2, wk_ptr, xk_ptr, 0, xrow_ptr, act_ptr, hk_ptr, F, cnt_ptr + _LN2, E_LN2 - E_O, err,
-                   F, C, C_PAD, BN_C, B, False, 1)
+                   F, C, C_PAD, BN_C, NCH, B, False, 1, ASM)
     else:
         _gemv_item(t - E_KEY, wv_ptr, hk_ptr, 0, xrow_ptr, act_ptr, out_ptr, C, cnt_ptr + _KEY, E_KEY - E_LN2,
-                   err, C, F, F_PAD, BN_F, B, False, 0)
+                   err, C, F, F_PAD, BN_F, NCH, B, False, 0, ASM)
     phase = ((t >= E_LN1).to(tl.int32) + (t >= E_IN).to(tl.int32) + (t >= E_TM).to(tl.int32)
              + (t >= E_O).to(tl.int32) + (t >= E_LN2).to(tl.int32) + (t >= E_KEY).to(tl.int32))
     # every thread's stores are issued before the one release below
@@ -271,10 +298,13 @@ class LayerScratch:
         return self.counters[:, CNT_ERR]
 
 
-def _rows_per_item(K_pad: int, groups: RowGroups | None = None) -> int:
+def _rows_per_item(K_pad: int, groups: RowGroups | None = None, nch: int = 1) -> int:
+    """Rows per chunk: SLAB elements of padded K, halved until every group but the last is a
+    multiple of rows x nch (an item never straddles two groups)."""
     bn = max(1, SLAB // K_pad)
     if groups is not None:
-        while bn > 1 and any(s % bn for s in groups.sizes[:-1]):
+        while any(s % (bn * nch) for s in groups.sizes[:-1]):
+            assert bn > 1, f"no chunk size fits the row groups {groups.sizes} with {nch} chunks per item"
             bn //= 2
     return bn
 
@@ -293,11 +323,13 @@ def decode_layer_triton(x, res, p, att_x, ffn_x, wkv, slots, v_first, scratch: L
     assert f_pad <= SLAB, f"decode_layer supports n_embd up to {MAX_EMBD}"
     groups = p.in_groups
     n_in = groups.n_rows
-    bn_in, bn_c, bn_f = _rows_per_item(c_pad, groups), _rows_per_item(c_pad), _rows_per_item(f_pad)
-    xrow, act = groups.tables(x.device, bn_in)
+    nch = NCH
+    bn_in, bn_c, bn_f = _rows_per_item(c_pad, groups, nch), _rows_per_item(c_pad), _rows_per_item(f_pad)
+    xrow, act = groups.tables(x.device, bn_in * nch)
     ns = triton.cdiv(C, SLICE)
-    grid = (2 * B * ns + triton.cdiv(n_in, bn_in) + B * H + triton.cdiv(C, bn_c) + triton.cdiv(F, bn_c)
-            + triton.cdiv(C, bn_f),)
+    n_val = triton.cdiv(C, bn_f * nch)
+    grid = (2 * B * ns + triton.cdiv(n_in, bn_in * nch) + B * H + triton.cdiv(C, bn_c * nch)
+            + triton.cdiv(F, bn_c * nch) + n_val,)
     has_v = v_first is not None
     rkvh = scratch.rkvh if has_v else scratch.rkvh0
     assert rkvh.shape[1] >= n_in
@@ -309,8 +341,9 @@ def decode_layer_triton(x, res, p, att_x, ffn_x, wkv, slots, v_first, scratch: L
     ov, dv = p.lora_cols["v"] if has_v else (0, DCH)
     vf = v_first if has_v else rkvh
     cnt = scratch.counters[layer]
-    prev, prev_target = (scratch.counters[layer - 1, CNT_VAL:], triton.cdiv(C, bn_f)) if layer > 0 else (cnt, 0)
+    prev, prev_target = (scratch.counters[layer - 1, CNT_VAL:], n_val) if layer > 0 else (cnt, 0)
     use_pdl = _pdl_on(x.device) if pdl is None else bool(pdl) and _pdl_on(x.device)
+    interp = os.environ.get("TRITON_INTERPRET") == "1"
     decode_layer_kernel[grid](
         x, res, scratch.rmid, scratch.xs, rkvh, vf, scratch.tm, scratch.att, scratch.xk, scratch.hk, scratch.out,
         att_x, ffn_x, wkv, slots, p.ln1[0], p.ln1[1], p.mix6, p.ln2[0], p.ln2[1], p.ffn_mix,
@@ -318,8 +351,9 @@ def decode_layer_triton(x, res, p, att_x, ffn_x, wkv, slots, v_first, scratch: L
         p.w0, p.a0, p.v0 if has_v else p.w0, p.k_k, p.k_a, p.r_k, p.ln_x[0], p.ln_x[1],
         cnt, prev, prev_target, rkvh.stride(0), vf.stride(0), float(eps), DECAY_SCALE, GROUP_NORM_EPS, L2_EPS,
         N_IN=n_in, C=C, F=F, H=H, N=N, B=B, BLOCK_C=c_pad, SLICE=SLICE, C_PAD=c_pad, F_PAD=f_pad,
-        BN_IN=bn_in, BN_C=bn_c, BN_F=bn_f, OFF_W=ow, OFF_A=oa, OFF_G=og, OFF_V=ov, DW=dw, DA=da, DG=dg, DV=dv,
-        DCH=DCH, HAS_VRES=has_v, USE_PDL=use_pdl, num_warps=NUM_WARPS,
+        BN_IN=bn_in, BN_C=bn_c, BN_F=bn_f, NCH=nch, OFF_W=ow, OFF_A=oa, OFF_G=og, OFF_V=ov, DW=dw, DA=da, DG=dg, DV=dv,
+        DCH=DCH, HAS_VRES=has_v, USE_PDL=use_pdl, TICKET=TICKET or interp, ASM=not interp,
+        num_warps=NUM_WARPS,
         maxnreg=MAXNREG or None, launch_pdl=use_pdl and layer > 0)
     return scratch.out, rkvh
 
