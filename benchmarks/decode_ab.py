@@ -17,7 +17,7 @@ Variants (comma separated; default: all that apply):
   pp512 / pp512_dense     prefill of 512 tokens (tok/s) with W_value kept transposed / row-major
   layer[_rN][_sN][_cN][_pid][_nopdl] decode with each layer as one decode_layer launch (FFN value
               dense); _rN: register cap N (0 = none), _sN: weight elements of a GEMV chunk, _cN:
-              chunks per GEMV item, _pid: program id as the ticket, _nopdl: the layer kernels
+              chunks per GEMV item, _pid: program id as the ticket, _nopf: no L2 prefetch of the LoRA-up rows, _nopdl: the layer kernels
               launched without PDL (no cross-layer overlap)
 Each shape also reports ffn_zero_frac: the share of relu^2 zeros (random weights: about half).
 Prints one JSON line per (shape, variant) and a short table on stderr.
@@ -63,7 +63,7 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
     """(tok/s of batch-1 decode, its first 24 greedy tokens) for variant v (model knobs set and
     restored around it)."""
     saved = (m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS, m.ffn_sparse, m.layer_fused, layer_mod.MAXNREG, layer_mod.SLAB,
-             layer_mod.NCH, layer_mod.TICKET)
+             layer_mod.NCH, layer_mod.TICKET, layer_mod.UP_PREFETCH)
     off_kinds = set(_pdl.OFF_KINDS)
     try:
         if v == "ffn_noskip":
@@ -90,6 +90,8 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
             for knob in v.split("_")[1:]:
                 if knob == "nopdl":
                     m.pdl = False
+                elif knob == "nopf":
+                    layer_mod.UP_PREFETCH = False
                 elif knob == "pid":
                     layer_mod.TICKET = False
                 elif knob[0] == "c":
@@ -136,7 +138,7 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
             return rate, toks
     finally:
         (m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS, m.ffn_sparse, m.layer_fused, layer_mod.MAXNREG, layer_mod.SLAB,
-         layer_mod.NCH, layer_mod.TICKET) = saved
+         layer_mod.NCH, layer_mod.TICKET, layer_mod.UP_PREFETCH) = saved
         sparse_mod.SKIP = True
         if m.ffn_sparse:
             for p in m.layers:

@@ -42,6 +42,7 @@ import triton.language as tl
 from ..timemix.reference import GROUP_NORM_EPS
 from ..timemix.triton_fused import norm_bonus_gate, wkv_step
 from ..wkv7.reference import DECAY_SCALE
+from .._pdl import prefetch_rows
 from .reference import ACT_RELU2, RowGroups
 from .triton_tmix_lora import DCH, L2_EPS, _lora_up
 
@@ -56,6 +57,7 @@ NUM_WARPS = 4
 MAXNREG = 128
 NCH = 1              # BN-row chunks per GEMV item (the first before the wait, the rest streamed after)
 TICKET = True        # False: program id as the ticket (assumes programs start in id order; A/B only)
+UP_PREFETCH = True   # the time-mix items prefetch their LoRA-up rows into L2 before their wait
 MAX_B = 4
 MAX_EMBD = 2048      # the value rows are single rows of 4C: SLAB bounds 4C (padded) at 8192
 SPIN_LIMIT = tl.constexpr(1 << 20)  # polls (~1 s) before a wait gives up and counts an error: a bug, never a hang
@@ -168,14 +170,22 @@ def _tmix_item(item, rkvh_ptr, s_rkvh, vf_ptr, s_vf, state_ptr, slots_ptr, out_p
                l2_eps, dep_ptr, dep_target, err_ptr, OFF_W: tl.constexpr,
                OFF_A: tl.constexpr, OFF_G: tl.constexpr, OFF_V: tl.constexpr, DW: tl.constexpr,
                DA: tl.constexpr, DG: tl.constexpr, DV: tl.constexpr, DCH: tl.constexpr, H: tl.constexpr,
-               N: tl.constexpr, HAS_VRES: tl.constexpr, ASM: tl.constexpr):
-    """(sequence b, head h) of ``tmix_lora_step``: the state and parameters load before the wait."""
+               N: tl.constexpr, HAS_VRES: tl.constexpr, ASM: tl.constexpr, UP_LINES: tl.constexpr):
+    """(sequence b, head h) of ``tmix_lora_step``: the state and parameters load, and the head's
+    rows of the LoRA-up weights are prefetched into L2 (UP_LINES lines a row; 0 = none), before
+    the wait."""
     h = item % H
     b = (item // H).to(tl.int64)
     C: tl.constexpr = H * N
     i = tl.arange(0, N)
     j = tl.arange(0, N)
     ch = h * N + i
+    if UP_LINES > 0:
+        prefetch_rows(upw_ptr, ch, s_up, C, UP_LINES, 64)
+        prefetch_rows(upa_ptr, ch, s_up, C, UP_LINES, 64)
+        prefetch_rows(upg_ptr, ch, s_up, C, UP_LINES, 64)
+        if HAS_VRES:
+            prefetch_rows(upv_ptr, ch, s_up, C, UP_LINES, 64)
     slot = tl.load(slots_ptr + b).to(tl.int64)
     s_ptrs = state_ptr + (slot * H + h) * (N * N) + i[:, None] * N + j[None, :]
     S = tl.load(s_ptrs, cache_modifier=".cg")
@@ -219,7 +229,7 @@ def decode_layer_kernel(x_ptr, res_ptr, rmid_ptr, xs_ptr, rkvh_ptr, vf_ptr, tm_p
                         OFF_W: tl.constexpr, OFF_A: tl.constexpr, OFF_G: tl.constexpr, OFF_V: tl.constexpr,
                         DW: tl.constexpr, DA: tl.constexpr, DG: tl.constexpr, DV: tl.constexpr,
                         DCH: tl.constexpr, HAS_VRES: tl.constexpr, USE_PDL: tl.constexpr,
-                        TICKET: tl.constexpr, ASM: tl.constexpr):
+                        TICKET: tl.constexpr, ASM: tl.constexpr, UP_LINES: tl.constexpr):
     """Grid (total items,): see the module doc. cnt_ptr: this layer's counters row; prev_ptr /
     prev_target: the counter LN1 waits for (the previous layer's VAL; target 0 = none)."""
     NS: tl.constexpr = (C + SLICE - 1) // SLICE
@@ -246,7 +256,7 @@ def decode_layer_kernel(x_ptr, res_ptr, rmid_ptr, xs_ptr, rkvh_ptr, vf_ptr, tm_p
         _tmix_item(t - E_IN, rkvh_ptr, s_rkvh, vf_ptr, s_vf, wkv_ptr, slots_ptr, tm_ptr, upw_ptr, upa_ptr, upg_ptr,
                    upv_ptr, s_up, w0_ptr, a0_ptr, v0_ptr, kk_ptr, ka_ptr, rk_ptr, lnxw_ptr, lnxb_ptr,
                    decay_scale, gn_eps, l2_eps, cnt_ptr + _IN, E_IN - E_LN1, err, OFF_W, OFF_A, OFF_G,
-                   OFF_V, DW, DA, DG, DV, DCH, H, N, HAS_VRES, ASM)
+                   OFF_V, DW, DA, DG, DV, DCH, H, N, HAS_VRES, ASM, UP_LINES)
     elif t < E_O:
         _gemv_item(t - E_TM, wo_ptr, tm_ptr, 0, xrow_ptr, act_ptr, att_ptr, C, cnt_ptr + _TM, E_TM - E_IN, err,
                    C, C, C_PAD, BN_C, NCH, B, False, 0, ASM)
@@ -353,6 +363,7 @@ def decode_layer_triton(x, res, p, att_x, ffn_x, wkv, slots, v_first, scratch: L
         N_IN=n_in, C=C, F=F, H=H, N=N, B=B, BLOCK_C=c_pad, SLICE=SLICE, C_PAD=c_pad, F_PAD=f_pad,
         BN_IN=bn_in, BN_C=bn_c, BN_F=bn_f, NCH=nch, OFF_W=ow, OFF_A=oa, OFF_G=og, OFF_V=ov, DW=dw, DA=da, DG=dg, DV=dv,
         DCH=DCH, HAS_VRES=has_v, USE_PDL=use_pdl, TICKET=TICKET or interp, ASM=not interp,
+        UP_LINES=0 if interp or not UP_PREFETCH else triton.next_power_of_2(triton.cdiv(max(dw, da, dg, dv) * 2, 128)),
         num_warps=NUM_WARPS,
         maxnreg=MAXNREG or None, launch_pdl=use_pdl and layer > 0)
     return scratch.out, rkvh
