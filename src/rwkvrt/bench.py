@@ -184,6 +184,8 @@ class _NativeEngine(_Engine):
                 path += "+lookahead"
             if fast.ffn_sparse:
                 path += "+ffn-sparse"
+            if fast.layer_fused:
+                path += "+decode-layer"
         else:
             from .model import Model
 

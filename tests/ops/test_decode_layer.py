@@ -96,3 +96,30 @@ def test_decode_layer_reference_updates_residual_in_place():
     assert out.shape == (1, 64) and rkvh.shape == (1, model.layers[0].W_in.shape[0])
     assert not torch.equal(res, before)
     assert torch.equal(att_x[0, 0], _pools(cfg, 2, "cpu", torch.float32, seed=0)[0][0, 0])  # slot 0 untouched
+
+
+def test_decode_layer_kernel_compiles_for_sm90_without_spills():
+    """The 1.5B layer kernel as launched (uncapped registers, 4 chunks per item) compiles ahead of
+    time for sm_90 with no spills (no GPU needed)."""
+    pytest.importorskip("triton")
+    from test_timemix_triton import sm90_ptxas_report
+
+    from rwkvrt.models.shapes import published_config
+    from rwkvrt.ops.decode import triton_layer
+
+    cfg = published_config("1.5B")
+    C, F = cfg.n_embd, cfg.d_ffn
+    D = (cfg.d_decay, cfg.d_aaa, cfg.d_gate, cfg.d_mv)
+    half = ["x", "xs", "rkvh", "vf", "tm", "att", "xk", "hk", "out", "attx", "ffnx", "mix6", "fmix", "win", "wo",
+            "wk", "wv", "upw", "upa", "upg", "upv"]
+    types = {n + "_ptr": "*fp16" for n in half}
+    types.update({n: "*i32" for n in ("cnt_ptr", "prev_ptr", "xrow_ptr", "act_ptr")}, slots_ptr="*i64")
+    types.update({n: "fp32" for n in ("eps", "decay_scale", "gn_eps", "l2_eps")})
+    offs = [3 * C + sum(D[:i]) for i in range(4)]
+    ce = dict(N_IN=3 * C + sum(D), C=C, F=F, H=C // 64, N=64, B=1, BLOCK_C=C, SLICE=triton_layer.SLICE, C_PAD=C,
+              F_PAD=F, BN_IN=4, BN_C=4, BN_F=1, NCH=4, OFF_W=offs[0], OFF_A=offs[1], OFF_G=offs[2], OFF_V=offs[3],
+              DW=D[0], DA=D[1], DG=D[2], DV=D[3], DCH=32, HAS_VRES=True, USE_PDL=True, TICKET=True, ASM=True,
+              UP_LINES=4)
+    rep = sm90_ptxas_report(triton_layer.decode_layer_kernel, types, ce, triton_layer.NUM_WARPS,
+                            div16_extra=("s_rkvh", "s_vf", "s_up"))
+    assert "0 bytes spill stores" in rep and "0 bytes spill loads" in rep, rep

@@ -52,10 +52,14 @@ CNT_WIDTH = 16
 SLICE = 256          # channels of a LayerNorm item's stores (its statistics use the whole row)
 SLAB = 8192          # weight elements a GEMV item loads before it waits (BLOCK_N x padded K)
 NUM_WARPS = 4
-# register cap: uncapped the time-mix phase takes the kernel to ~180 registers (2 programs per SM
-# at 4 warps); 128 gives 4 per SM for ~50 bytes of spills (sm_90 ptxas, 1.5B). 0 = no cap.
-MAXNREG = 128
-NCH = 1              # BN-row chunks per GEMV item (the first before the wait, the rest streamed after)
+# register cap (0 = none). Uncapped the time-mix phase takes the kernel to ~172-182 registers
+# (2 programs per SM at 4 warps); 128 gives 4 per SM for ~50 bytes of spills, but measured slower
+# (H100, 1.5B decode b1: 474 capped vs 508 uncapped, one chunk per item).
+MAXNREG = 0
+# BN-row chunks per GEMV item (the first loaded before the wait, the rest streamed after); None =
+# 4 from n_embd 2048, else 2 (H100 decode b1, uncapped: 1.5B c1 508 / c2 596 / c4 614-619 / c8 495
+# / c16 278; 0.1B c1 2,016 / c2 2,153 / c4 1,774 tok/s)
+NCH: int | None = None
 TICKET = True        # False: program id as the ticket (assumes programs start in id order; A/B only)
 UP_PREFETCH = True   # the time-mix items prefetch their LoRA-up rows into L2 before their wait
 MAX_B = 4
@@ -333,7 +337,7 @@ def decode_layer_triton(x, res, p, att_x, ffn_x, wkv, slots, v_first, scratch: L
     assert f_pad <= SLAB, f"decode_layer supports n_embd up to {MAX_EMBD}"
     groups = p.in_groups
     n_in = groups.n_rows
-    nch = NCH
+    nch = NCH or (4 if C >= 2048 else 2)
     bn_in, bn_c, bn_f = _rows_per_item(c_pad, groups, nch), _rows_per_item(c_pad), _rows_per_item(f_pad)
     xrow, act = groups.tables(x.device, bn_in * nch)
     ns = triton.cdiv(C, SLICE)
