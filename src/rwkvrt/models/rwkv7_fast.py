@@ -15,12 +15,12 @@ Decode of 1..decode_max_batch sequences (T = 1, ``_decode``) is 7 launches per l
     sparse_rows_gemv  FFN value, skipping the weight rows the zeros of relu^2 multiply
                     (``ffn_sparse``; a plain gemv when off)
 
-Prefill and larger batches (``_forward``), 11 launches per layer plus the wkv kernels:
+Prefill and larger batches (``_forward``), 12 launches per layer plus the wkv kernels:
 
     add_ln_lerp   residual add (previous FFN) + ln1 + six token-shift lerps + att_x state write
     bmm           r, k, v projections            [3, BT, C] x [3, C, C]
     bmm           LoRA down: v1, w1, a1, g1      [4, BT, C] x [4, C, Dmax]
-    tanh_sigmoid_ on the w and g rows of the LoRA hidden (one launch)
+    tanh_, sigmoid_   on the w and g rows of the LoRA hidden
     bmm           LoRA up: v2, w2, a2, g2        [4, BT, Dmax] x [4, Dmax, C]
     tmix_core     pre-kernel (w0 / a0 / value residual, kk, key update), wkv, post-kernel
                   (group norm, r_k bonus, gate); one step kernel for T <= 16
@@ -88,8 +88,7 @@ def _resolve_ops(dev: str, backend: str):
         wkv = wkv7_ops.wkv7_reference
     gemv, tmix_lora = decode_ops.resolve(dev, ew)
     return SimpleNamespace(core=timemix_ops.resolve(dev, ew), shift=shift_ops.resolve(dev, ew),
-                           norm=norm_ops.resolve(dev, ew), relu_sq=ffn_ops.resolve(dev, ew),
-                           tanh_sigmoid=ffn_ops.resolve_tanh_sigmoid(dev, ew), wkv_long=wkv,
+                           norm=norm_ops.resolve(dev, ew), relu_sq=ffn_ops.resolve(dev, ew), wkv_long=wkv,
                            gemv=gemv, tmix_lora=tmix_lora)
 
 
@@ -233,7 +232,6 @@ class RWKV7Fast:
             p.down[j, : d.shape[1]] = d.t()
             p.up[j, :, : u.shape[0]] = u.t()
         p.lora = {n: j for j, n in enumerate(names)}
-        assert p.lora["g"] == p.lora["w"] + 1, "tanh_sigmoid_ needs the decay and gate rows adjacent"
         if self.fold_lora_act:
             j = p.lora["w"]
             p.w0 = p.w0 - ups[j].float().sum(0)
@@ -417,8 +415,9 @@ class RWKV7Fast:
         hid = torch.bmm(flat[p.lora_in:p.lora_in + n], p.down.mT)  # [n, BT, Dmax]
         if self.fold_lora_act:
             hid[p.lora["w"]:p.lora["g"] + 1].sigmoid_()  # w and g rows are adjacent (LORA_ORDER)
-        else:  # tanh on the decay rows, sigmoid on the gate rows: adjacent (LORA_ORDER), one launch
-            self.ops.tanh_sigmoid(hid[p.lora["w"]:p.lora["g"] + 1])
+        else:
+            hid[p.lora["w"]].tanh_()
+            hid[p.lora["g"]].sigmoid_()
         up = torch.bmm(hid, p.up.mT).view(n, B, T, C)
         w, a, g = up[p.lora["w"]], up[p.lora["a"]], up[p.lora["g"]]
         vres = {}

@@ -10,19 +10,13 @@
 
 Doing it in place saves the allocation and one full write of a [B, T, 4C] tensor
 compared with ``torch.relu(x) ** 2`` (two launches, two new tensors).
-
-    x2 = tanh_sigmoid_(x2)
-
-    x2 : [2, ...] activation dtype, contiguous (the decay and gate rows of the time-mix LoRA
-         hidden, adjacent), MUTATED IN PLACE: x2[0] to tanh, x2[1] to sigmoid (fp32 math, one
-         rounding); one launch where ``tanh_`` + ``sigmoid_`` are two.
 """
 from __future__ import annotations
 
 
-from .reference import relu_square_reference_, tanh_sigmoid_reference_
+from .reference import relu_square_reference_
 
-__all__ = ["relu_square_reference_", "resolve", "resolve_tanh_sigmoid", "tanh_sigmoid_reference_"]
+__all__ = ["relu_square_reference_", "resolve"]
 
 
 def resolve(device: str, backend: str = "auto"):
@@ -37,14 +31,3 @@ def resolve(device: str, backend: str = "auto"):
         return relu_square_triton_
 
     return choose("the FFN element-wise ops", device, backend, relu_square_reference_, triton)
-
-
-def resolve_tanh_sigmoid(device: str, backend: str = "auto"):
-    """Return ``tanh_sigmoid_`` for ``device``, chosen as ``resolve`` chooses."""
-    from .._backend import choose
-
-    def triton():
-        from .triton_relu import tanh_sigmoid_triton_
-        return tanh_sigmoid_triton_
-
-    return choose("the FFN element-wise ops", device, backend, tanh_sigmoid_reference_, triton)
