@@ -159,7 +159,7 @@ class RWKV7Fast:
         self.layer_fused = bool(layer_fused) and self.decode_fused
         if self.layer_fused:
             if cfg.n_embd > LAYER_MAX_EMBD:
-                raise RWKVRTError("layer_fused supports n_embd up to %d" % LAYER_MAX_EMBD,
+                raise RWKVRTError(f"layer_fused supports n_embd up to {LAYER_MAX_EMBD}",
                                   expected=f"n_embd <= {LAYER_MAX_EMBD}", got=str(cfg.n_embd),
                                   fix="leave layer_fused=None (off for wide models)")
             self.ops.decode_layer, self._make_layer_scratch = decode_ops.resolve_layer(self.device.type,

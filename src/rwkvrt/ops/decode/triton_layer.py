@@ -39,10 +39,10 @@ import torch
 import triton
 import triton.language as tl
 
+from .._pdl import prefetch_rows
 from ..timemix.reference import GROUP_NORM_EPS
 from ..timemix.triton_fused import norm_bonus_gate, wkv_step
 from ..wkv7.reference import DECAY_SCALE
-from .._pdl import prefetch_rows
 from .reference import ACT_RELU2, RowGroups
 from .triton_tmix_lora import DCH, L2_EPS, _lora_up
 
@@ -68,6 +68,7 @@ SPIN_LIMIT = tl.constexpr(1 << 20)  # polls (~1 s) before a wait gives up and co
 # the counter indices as the kernels see them
 _TICKET, _LN1, _ERR = tl.constexpr(CNT_TICKET), tl.constexpr(CNT_LN1), tl.constexpr(CNT_ERR)
 _IN, _TM, _O, _LN2, _KEY = (tl.constexpr(c) for c in (CNT_IN, CNT_TM, CNT_O, CNT_LN2, CNT_KEY))
+_RELU2 = tl.constexpr(ACT_RELU2)
 
 
 @triton.jit
@@ -269,7 +270,7 @@ def decode_layer_kernel(x_ptr, res_ptr, rmid_ptr, xs_ptr, rkvh_ptr, vf_ptr, tm_p
                  eps, cnt_ptr + _O, E_O - E_TM, err, C, BLOCK_C, SLICE, NS, B, 1, ASM)
     elif t < E_KEY:
         _gemv_item(t - E_LN2, wk_ptr, xk_ptr, 0, xrow_ptr, act_ptr, hk_ptr, F, cnt_ptr + _LN2, E_LN2 - E_O, err,
-                   F, C, C_PAD, BN_C, NCH, B, False, 1, ASM)
+                   F, C, C_PAD, BN_C, NCH, B, False, _RELU2, ASM)
     else:
         _gemv_item(t - E_KEY, wv_ptr, hk_ptr, 0, xrow_ptr, act_ptr, out_ptr, C, cnt_ptr + _KEY, E_KEY - E_LN2,
                    err, C, F, F_PAD, BN_F, NCH, B, False, 0, ASM)
@@ -305,10 +306,8 @@ class LayerScratch:
     def begin(self) -> None:
         self.counters.zero_()
 
-    def tickets(self) -> torch.Tensor:
-        return self.counters[:, CNT_TICKET]
-
     def errors(self) -> torch.Tensor:
+        """Waits that gave up, per layer (zero unless a bug broke the phase order)."""
         return self.counters[:, CNT_ERR]
 
 
