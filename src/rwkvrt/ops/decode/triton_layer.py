@@ -42,6 +42,7 @@ import triton.language as tl
 from .._pdl import prefetch_rows
 from ..timemix.reference import GROUP_NORM_EPS
 from ..timemix.triton_fused import norm_bonus_gate, wkv_step
+from ..token_shift.triton_lerp import _add_ln_row
 from ..wkv7.reference import DECAY_SCALE
 from .reference import ACT_RELU2, RowGroups
 from .triton_tmix_lora import DCH, L2_EPS, _lora_up
@@ -153,15 +154,8 @@ def _ln_item(item, x_ptr, rin_ptr, rout_ptr, lnw_ptr, lnb_ptr, prev_ptr, slots_p
     ty = out_ptr.dtype.element_ty
     shifted = tl.load(prev_ptr + slot * C + offs, mask=smask, other=0.0, cache_modifier=".cg").to(ty).to(tl.float32)
     _wait(dep_ptr, dep_target, err_ptr, ASM)
-    h = tl.load(rin_ptr + b * C + offs, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
-    h += tl.load(x_ptr + b * C + offs, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
-    h = h.to(rout_ptr.dtype.element_ty)
-    tl.store(rout_ptr + b * C + offs, h, mask=smask)
-    h = h.to(tl.float32)
-    mean = tl.sum(h, axis=0) / C
-    d = tl.where(mask, h - mean, 0.0)
-    var = tl.sum(d * d, axis=0) / C
-    xn = (d * (1.0 / tl.sqrt(var + eps)) * w + bb).to(ty).to(tl.float32)
+    xn = _add_ln_row(x_ptr, rin_ptr, w, bb, rout_ptr, b * C, b * C, offs, mask, smask, C, eps, True, True, ".cg")
+    xn = xn.to(ty).to(tl.float32)
     tl.store(prev_ptr + slot * C + offs, xn.to(prev_ptr.dtype.element_ty), mask=smask)
     xx = shifted - xn
     for i in tl.static_range(M):

@@ -79,11 +79,12 @@ def lerp1_triton(x: torch.Tensor, x_prev: torch.Tensor, mix: torch.Tensor):
 
 @triton.jit
 def _add_ln_row(x_ptr, res_ptr, w, b, newres_ptr, row_x, row_r, offs, mask, smask, C, eps,
-                HAS_ADD: tl.constexpr, STORE: tl.constexpr):
-    """LayerNorm of one row of (x + residual) as stored in residual's dtype; fp32 result."""
-    h = tl.load(res_ptr + row_r + offs, mask=mask, other=0.0).to(tl.float32)
+                HAS_ADD: tl.constexpr, STORE: tl.constexpr, CM: tl.constexpr):
+    """LayerNorm of one row of (x + residual) as stored in residual's dtype; fp32 result. CM: the
+    loads' cache modifier (".cg" where another program of the same launch wrote x / residual)."""
+    h = tl.load(res_ptr + row_r + offs, mask=mask, other=0.0, cache_modifier=CM).to(tl.float32)
     if HAS_ADD:
-        h += tl.load(x_ptr + row_x + offs, mask=mask, other=0.0).to(tl.float32)
+        h += tl.load(x_ptr + row_x + offs, mask=mask, other=0.0, cache_modifier=CM).to(tl.float32)
         h_st = h.to(newres_ptr.dtype.element_ty)
         if STORE:
             tl.store(newres_ptr + row_r + offs, h_st, mask=smask)
@@ -121,21 +122,21 @@ def add_ln_lerp_fwd_kernel(x_ptr, res_ptr, w_ptr, b_ptr, prev_ptr, slots_ptr, mi
     row_r = b * stride_rb + t * stride_rt
     # the normed input, rounded to the activation dtype as the unfused ops would store it
     xn = _add_ln_row(x_ptr, res_ptr, w, bb, newres_ptr, row_x, row_r, offs, mask, smask, C, eps,
-                     HAS_ADD, True).to(ty).to(tl.float32)
+                     HAS_ADD, True, "").to(ty).to(tl.float32)
     if HAS_SLOTS:
         slot = tl.load(slots_ptr + b).to(tl.int64)
     else:
         slot = b
     if t > 0:
         shifted = _add_ln_row(x_ptr, res_ptr, w, bb, newres_ptr, row_x - stride_xt, row_r - stride_rt,
-                              offs, mask, smask, C, eps, HAS_ADD, False).to(ty).to(tl.float32)
+                              offs, mask, smask, C, eps, HAS_ADD, False, "").to(ty).to(tl.float32)
     else:
         # only this program's slice of x_prev is read and then written: no race between programs
         shifted = tl.load(prev_ptr + slot * stride_pb + offs, mask=smask, other=0.0).to(ty).to(tl.float32)
         last = xn
         if T > 1:
             last = _add_ln_row(x_ptr, res_ptr, w, bb, newres_ptr, row_x + (T - 1) * stride_xt,
-                               row_r + (T - 1) * stride_rt, offs, mask, smask, C, eps, HAS_ADD, False)
+                               row_r + (T - 1) * stride_rt, offs, mask, smask, C, eps, HAS_ADD, False, "")
             last = last.to(ty).to(tl.float32)
         tl.store(prev_ptr + slot * stride_pb + offs, last.to(prev_ptr.dtype.element_ty), mask=smask)
     xx = shifted - xn
