@@ -15,10 +15,11 @@ Variants (comma separated; default: all that apply):
   ffn_noskip  decode with the sparse FFN value op loading every row (same tiles: its dense rate)
   ffn_dense   decode with the FFN value as the plain row-major GEMV (the path before ffn_sparse)
   pp512 / pp512_dense     prefill of 512 tokens (tok/s) with W_value kept transposed / row-major
-  layer[_rN][_sN][_cN][_pid][_nopdl] decode with each layer as one decode_layer launch (FFN value
-              dense); _rN: register cap N (0 = none), _sN: weight elements of a GEMV chunk, _cN:
-              chunks per GEMV item, _pid: program id as the ticket, _nopf: no L2 prefetch of the LoRA-up rows, _nopdl: the layer kernels
-              launched without PDL (no cross-layer overlap)
+  layer[_rN][_sN][_cN][_pid][_nopf][_nopdl]  decode with each layer as one decode_layer launch
+              (FFN value dense; shapes up to n_embd 2048, skipped above); _rN: register cap N
+              (0 = none), _sN: weight elements of a GEMV chunk, _cN: chunks per GEMV item, _pid:
+              program id as the ticket, _nopf: no L2 prefetch of the LoRA-up rows, _nopdl: the
+              layer kernels launched without PDL (no cross-layer overlap)
 Each shape also reports ffn_zero_frac: the share of relu^2 zeros (random weights: about half).
 Prints one JSON line per (shape, variant) and a short table on stderr.
 """
@@ -35,7 +36,7 @@ import torch
 from rwkvrt.bench import ffn_zero_fraction
 from rwkvrt.bench_ceilings import random_weights
 from rwkvrt.engine.runner import DecodeRunner
-from rwkvrt.models.rwkv7_fast import RWKV7Fast
+from rwkvrt.models.rwkv7_fast import LAYER_MAX_EMBD, RWKV7Fast
 from rwkvrt.models.shapes import published_config
 from rwkvrt.ops import _pdl
 from rwkvrt.ops import decode as decode_ops
@@ -165,6 +166,8 @@ def main() -> None:
               flush=True)
         print(f"{shape:>5} ffn_sparse={m.ffn_sparse} zero fraction {zf}", file=sys.stderr, flush=True)
         for v in a.variants.split(","):
+            if v.startswith("layer") and cfg.n_embd > LAYER_MAX_EMBD:
+                continue
             line = {"device": name, "shape": shape, "variant": v, "tg": a.tg}
             try:
                 rate, toks = run_variant(m, v, a.tg, a.reps)

@@ -366,13 +366,12 @@ class RWKV7Fast:
     def _decode_layers(self, x, res, state, slots):
         """Every layer as one ``decode_layer`` launch: x [B, C], res [B, C] fp32 (mutated) -> (x, res)."""
         B, C = x.shape
-        sc = self._layer_scratch.get(B)
-        if sc is None and B not in self._layer_scratch:
+        if B not in self._layer_scratch:  # one per batch size (the reference's factory gives None)
             cfg = self.cfg
-            sc = self._make_layer_scratch(n_layer=cfg.n_layer, batch=B, n_embd=C, d_ffn=cfg.d_ffn,
-                                          n_in=max(p.W_in.shape[0] for p in self.layers), device=self.device,
-                                          dtype=self.dtype)
-            self._layer_scratch[B] = sc
+            self._layer_scratch[B] = self._make_layer_scratch(
+                n_layer=cfg.n_layer, batch=B, n_embd=C, d_ffn=cfg.d_ffn,
+                n_in=max(p.W_in.shape[0] for p in self.layers), device=self.device, dtype=self.dtype)
+        sc = self._layer_scratch[B]
         if sc is not None:
             sc.begin()
         v_first = None
