@@ -20,8 +20,13 @@ phase boundaries: while the last programs of one phase finish, the resident prog
 next already have their weights on the way. A program waits only for programs with smaller
 tickets, which started before it took its own: no deadlock whatever order the hardware runs
 programs in. A done-counter is bumped (release, gpu scope) after a CTA barrier; a waiter polls
-it with volatile loads, then acquires it once; data written by other programs is loaded with
-.cg (from L2, never a stale L1 line).
+it with acquire loads (gpu scope); data written by other programs is loaded with .cg (from L2,
+never a stale L1 line).
+
+Measured slower than the seven launches it replaces (H100 decode b1: 1.5B 614 vs 671 tok/s,
+0.1B 2,177 vs 2,679; docs/perf.md, session 5): a phase boundary costs a chain of L2 round
+trips about as long as a PDL launch boundary, and the time-mix phase sets the kernel's
+register count. Opt-in (``RWKV7Fast(layer_fused=True)``), kept for that record and as a base.
 
 Across layers: the kernels are launched with PDL and every program lets the next launch start
 at once; the next layer's LN1 waits for this layer's VAL counter instead of kernel completion
