@@ -227,8 +227,7 @@ def test_tmix_resolve_returns_triton():
     assert timemix.resolve("cuda", "triton") is _core()
 
 
-def sm90_ptxas_report(kernel, types: dict, constexprs: dict, num_warps: int, div16_extra: tuple = (),
-                      maxnreg: int | None = None) -> str:
+def sm90_ptxas_report(kernel, types: dict, constexprs: dict, num_warps: int, div16_extra: tuple = ()) -> str:
     """Compile ``kernel`` ahead of time for sm_90 (no GPU needed) and return ptxas's -v report.
 
     Pointers and the [B, T, C] strides are marked 16-divisible, as the JIT specialises them
@@ -252,7 +251,7 @@ def sm90_ptxas_report(kernel, types: dict, constexprs: dict, num_warps: int, div
              or n in div16_extra]
     src = ASTSource(fn=kernel, signature=sig, attrs={(names.index(n),): [["tt.divisibility", 16]] for n in div16},
                     constexprs={(names.index(n),): v for n, v in constexprs.items()})
-    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, **({"maxnreg": maxnreg} if maxnreg else {})})
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     if not os.path.exists(ptxas):
         pytest.skip("triton's bundled ptxas is missing")
