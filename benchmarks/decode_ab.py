@@ -12,6 +12,8 @@ Variants (comma separated; default: all that apply):
   pdl_on_except_K[+K2]    PDL on except for the kernel kinds K (gemv, ln, tmix)
   dch64 / dch128          decode with the time-mix kernel's LoRA-up tile at 64 / 128 rank columns
   tmix_w4 / tmix_w16      decode with the time-mix kernel at 4 / 16 warps
+  ln_on / ln_off          decode with ln_fused on / off (LayerNorm + lerps inside the next product)
+  ln_bnN / ln_stN         ln_fused on with N rows per ln_gemv program / N pipeline stages
   ffn_noskip  decode with the sparse FFN value op loading every row (same tiles: its dense rate)
   ffn_dense   decode with the FFN value as the plain row-major GEMV (the path before ffn_sparse)
   pp512 / pp512_dense     prefill of 512 tokens (tok/s) with W_value kept transposed / row-major
@@ -40,13 +42,14 @@ from rwkvrt.models.rwkv7_fast import LAYER_MAX_EMBD, RWKV7Fast
 from rwkvrt.models.shapes import published_config
 from rwkvrt.ops import _pdl
 from rwkvrt.ops import decode as decode_ops
+from rwkvrt.ops.decode import triton_gemv as gemv_mod
 from rwkvrt.ops.decode import triton_layer as layer_mod
 from rwkvrt.ops.decode import triton_sparse as sparse_mod
 from rwkvrt.ops.decode import triton_tmix_lora as tmix_mod
 
-ALL = ["step", "decode", "decode_stop", "gpu", "pdl_off", "pdl_on", "pdl_on_except_gemv", "pdl_on_except_ln+tmix",
+ALL = ["decode", "ln_off", "ln_on", "ln_bn8", "ln_bn16", "ln_st2", "step", "decode_stop", "gpu", "pdl_off", "pdl_on", "pdl_on_except_gemv", "pdl_on_except_ln+tmix",
        "dch64", "dch128", "tmix_w4", "tmix_w16", "ffn_noskip", "ffn_dense", "pp512",
-       "pp512_dense", "layer", "layer_r0", "layer_r168", "layer_s16384", "layer_nopdl"]
+       "pp512_dense", "layer", "layer_c2", "layer_c4"]
 
 
 def timed(fn, reps: int) -> float:
@@ -64,7 +67,7 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
     """(tok/s of batch-1 decode, its first 24 greedy tokens) for variant v (model knobs set and
     restored around it)."""
     saved = (m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS, m.ffn_sparse, m.layer_fused, layer_mod.MAXNREG, layer_mod.SLAB,
-             layer_mod.NCH, layer_mod.TICKET, layer_mod.UP_PREFETCH)
+             layer_mod.NCH, layer_mod.TICKET, layer_mod.UP_PREFETCH, m.ln_fused, gemv_mod.LN_BLOCK_N, gemv_mod.LN_STAGES)
     off_kinds = set(_pdl.OFF_KINDS)
     try:
         if v == "ffn_noskip":
@@ -80,6 +83,14 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
             m.pdl = False
         elif v == "pdl_on":
             m.pdl = True
+        elif v in ("ln_on", "ln_off"):
+            m.set_ln_fused(v == "ln_on")
+        elif v.startswith("ln_bn"):
+            m.set_ln_fused(True)
+            gemv_mod.LN_BLOCK_N = int(v[5:])
+        elif v.startswith("ln_st"):
+            m.set_ln_fused(True)
+            gemv_mod.LN_STAGES = int(v[5:])
         elif v.startswith("dch"):
             tmix_mod.DCH = int(v[3:])
         elif v.startswith("tmix_w"):
@@ -139,7 +150,8 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
             return rate, toks
     finally:
         (m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS, m.ffn_sparse, m.layer_fused, layer_mod.MAXNREG, layer_mod.SLAB,
-         layer_mod.NCH, layer_mod.TICKET, layer_mod.UP_PREFETCH) = saved
+         layer_mod.NCH, layer_mod.TICKET, layer_mod.UP_PREFETCH, ln, gemv_mod.LN_BLOCK_N, gemv_mod.LN_STAGES) = saved
+        m.set_ln_fused(ln)
         sparse_mod.SKIP = True
         if m.ffn_sparse:
             for p in m.layers:

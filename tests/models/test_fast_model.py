@@ -210,18 +210,20 @@ def test_gpu_fold_lora_act_fp16_accuracy():
     assert d <= 0.05 and agree >= 0.995
 
 
-def _decode_fused_vs_plain(device, backend, sparse=None, layer=False):
+def _decode_fused_vs_plain(device, backend, sparse=None, layer=False, ln=None):
     """Single-token steps through the decode ops == through the general path (chained, B 1 and 3, slots).
     sparse: the fused model's ffn_sparse (B 1 through the sparse op, B 3 through cuBLAS on the
     transposed layout); the plain model keeps W_value as is. layer: the fused model runs each
-    layer as one ``decode_layer`` launch (its FFN value dense, so sparse must be None)."""
+    layer as one ``decode_layer`` launch (its FFN value dense, so sparse must be None). ln: the
+    fused model's ln_fused (LayerNorm + lerps inside the next product, ``ln_gemv``)."""
     cfg = make_config(2, 128, 301)
     sd = random_state_dict(cfg, seed=11)
     plain = RWKV7Fast(cfg, sd, device=device, dtype=torch.float32, backend=backend, decode_fused=False)
     fused = RWKV7Fast(cfg, sd, device=device, dtype=torch.float32, backend=backend, decode_fused=True,
-                      decode_max_batch=4, ffn_sparse=sparse, layer_fused=layer)
+                      decode_max_batch=4, ffn_sparse=sparse, layer_fused=layer, ln_fused=ln)
     assert not plain.ffn_sparse and plain.layers[0].ffn_value_t is None and not plain.layer_fused
     assert fused.ffn_sparse == bool(sparse) and fused.layer_fused == layer
+    assert ln is None or fused.ln_fused == (ln and not layer)
     assert (fused.layers[0].ffn_value is None) == fused.ffn_sparse  # one layout kept, never both
     g = torch.Generator().manual_seed(5)
     for B in (1, 3):
@@ -241,8 +243,9 @@ def _decode_fused_vs_plain(device, backend, sparse=None, layer=False):
 
 
 @pytest.mark.parametrize("sparse", [True, False])
-def test_fast_decode_fused_reference_ops_match_general_path(sparse):
-    _decode_fused_vs_plain("cpu", "reference", sparse)
+@pytest.mark.parametrize("ln", [True, False])
+def test_fast_decode_fused_reference_ops_match_general_path(sparse, ln):
+    _decode_fused_vs_plain("cpu", "reference", sparse, ln=ln)
 
 
 def test_fast_decode_layer_reference_matches_general_path():
@@ -281,5 +284,20 @@ def test_fast_ffn_sparse_env_switch(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("sparse", [True, False])
-def test_fast_decode_fused_triton_ops_match_general_path(kernel_device, sparse):
-    _decode_fused_vs_plain(kernel_device, "triton", sparse)
+@pytest.mark.parametrize("ln", [True, False])
+def test_fast_decode_fused_triton_ops_match_general_path(kernel_device, sparse, ln):
+    _decode_fused_vs_plain(kernel_device, "triton", sparse, ln=ln)
+
+
+def test_fast_ln_fused_env_switch_and_limits(monkeypatch):
+    cfg = make_config(1, 64, 50)
+    sd = random_state_dict(cfg, seed=2)
+    monkeypatch.delenv("RWKVRT_LN_FUSED", raising=False)
+    assert RWKV7Fast(cfg, sd, backend="reference", decode_fused=True).ln_fused
+    assert not RWKV7Fast(cfg, sd, backend="reference", decode_fused=False).ln_fused
+    assert not RWKV7Fast(cfg, sd, backend="reference", decode_fused=True, layer_fused=True).ln_fused
+    monkeypatch.setenv("RWKVRT_LN_FUSED", "0")
+    assert not RWKV7Fast(cfg, sd, backend="reference", decode_fused=True).ln_fused
+    monkeypatch.delenv("RWKVRT_LN_FUSED")
+    wide = make_config(1, 2560, 50)
+    assert not RWKV7Fast(wide, random_state_dict(wide, seed=1), backend="reference", decode_fused=True).ln_fused

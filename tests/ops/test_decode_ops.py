@@ -8,7 +8,7 @@ import torch
 from conftest import TOL, rel_err
 
 from rwkvrt.ops.decode import (ACT_NONE, ACT_RELU2, ACT_SIGMOID, ACT_TANH, RowGroups, grouped_gemv_reference,
-                               sparse_rows_gemv_reference, tmix_lora_step_reference)
+                               ln_gemv_reference, sparse_rows_gemv_reference, tmix_lora_step_reference)
 
 
 def _gemv():
@@ -63,6 +63,43 @@ def test_grouped_gemv_ragged_rows_strided_input_and_fp32_out(kernel_device):
     out = gemv(xs, W, g, torch.full((2, N), float("nan"), device=kernel_device), block_n=8, block_k=32)
     ref = grouped_gemv_reference(xs, W, g, torch.empty(2, N, device=kernel_device))
     assert out.dtype == torch.float32 and rel_err(out, ref) < 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("M", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("K,block_n", [(96, None), (128, 16)])
+def test_ln_gemv_matches_reference_chained(kernel_device, M, dtype, K, block_n):
+    """ln_gemv == add_ln_lerp + grouped_gemv (references) over 3 chained calls: the token-shift
+    pool rows of ``slots`` carry over, other rows and res stay untouched, new_res written, the
+    counter back at zero; K = 96 is not a power of two (padded statistics)."""
+    ln_gemv = pytest.importorskip("rwkvrt.ops.decode.triton_gemv").ln_gemv_triton
+    gen = torch.Generator().manual_seed(M * 5 + K)
+    dev = kernel_device
+    rnd = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    g = RowGroups((64, 32, 32, 16), (0, 3, 1, 2), (ACT_NONE, ACT_TANH, ACT_SIGMOID, ACT_RELU2))
+    W = (rnd(g.n_rows, K) / K ** 0.5).to(dev, dtype)
+    mix = torch.rand(4, K, generator=gen).to(dev, dtype)
+    ln_w, ln_b = (1 + 0.2 * rnd(K)).to(dev), (0.1 * rnd(K)).to(dev)
+    slots = torch.tensor([3, 0, 4][:M], device=dev)
+    pool = rnd(6, K).to(dev, dtype)
+    pools = [pool, pool.clone()]  # the reference's and the kernel's
+    sync = torch.zeros(1, dtype=torch.int32, device=dev)
+    res = (3 * rnd(M, K) + 1).to(dev)
+    for step in range(3):
+        x = rnd(M, K).to(dev, dtype)
+        ref_out, ref_res = ln_gemv_reference(x, res, ln_w, ln_b, pools[0], slots, mix, W, g,
+                                             torch.empty(M, g.n_rows, device=dev, dtype=dtype),
+                                             torch.empty(M, K, device=dev), eps=1e-5)
+        res_before = res.clone()
+        out, new_res = ln_gemv(x, res, ln_w, ln_b, pools[1], slots, mix, W, g,
+                               torch.full((M, g.n_rows), float("nan"), device=dev, dtype=dtype),
+                               torch.full((M, K), float("nan"), device=dev), sync, eps=1e-5, block_n=block_n)
+        assert torch.equal(res, res_before) and torch.equal(new_res, ref_res)
+        assert torch.isfinite(out).all() and rel_err(out, ref_out) < (1e-5 if dtype == torch.float32 else 5e-3)
+        assert torch.allclose(pools[1].float(), pools[0].float(), atol=1e-6 if dtype == torch.float32 else 2e-3)
+        assert int(sync.item()) == 0, "the counter must be back at zero after the launch"
+        res = new_res
 
 
 def _lora_case(B, H, N, has_v, dtype, device, seed=0):

@@ -66,6 +66,9 @@ SPARSE_MIN_EMBD = 2048
 # phases) for 1..LAYER_MAX_BATCH rows, up to LAYER_MAX_EMBD (its value rows are whole rows of 4C).
 LAYER_MAX_EMBD = 2048
 LAYER_MAX_BATCH = 4
+# Decode ops with the LayerNorm + lerps computed inside the next product's programs
+# (``ln_gemv``: 5 launches per layer instead of 7) up to this width.
+LN_FUSED_MAX_EMBD = 2048
 # Order of the six lerp rows produced by add_ln_lerp. r, k, v first so that xs[0:3] feeds the
 # stacked r/k/v product, and v, a, w, g contiguous so that xs[2:6] feeds the stacked LoRA-down
 # product (xs[3:6] in layer 0, which has no value-residual LoRA); w and g adjacent so that
@@ -128,6 +131,9 @@ class RWKV7Fast:
     layer_fused: decode steps of 1..LAYER_MAX_BATCH rows run each layer as ONE launch
         (``decode_layer``; FFN value dense, so ffn_sparse is then off). None = RWKVRT_LAYER_FUSED
         (0 / 1; default off) with decode_fused, n_embd <= LAYER_MAX_EMBD.
+    ln_fused: in the decode ops, each LayerNorm + token-shift lerps (ln1, ln2) is computed
+        inside the programs of the product that consumes it (``ln_gemv``): 5 launches per layer
+        instead of 7. None = RWKVRT_LN_FUSED (0 / 1), default on up to n_embd LN_FUSED_MAX_EMBD.
     ffn_sparse: in the decode ops at batch 1, the FFN value product skips the rows of its weight
         that the relu^2 activations multiply by zero (``sparse_rows_gemv``; the weight is then
         kept transposed, [4C, C], for every path: no second copy; 2..decode_max_batch rows use
@@ -142,7 +148,7 @@ class RWKV7Fast:
                  dtype: torch.dtype = torch.float16, backend: str = "auto", rkv_bmm: bool = True,
                  prefill_chunk: int = 2048, fold_lora_act: bool = False,
                  decode_fused: bool | None = None, decode_max_batch: int = 4, ffn_sparse: bool | None = None,
-                 layer_fused: bool | None = None):
+                 layer_fused: bool | None = None, ln_fused: bool | None = None):
         self.cfg, self.device, self.dtype = cfg, torch.device(device), dtype
         self.backend, self.rkv_bmm, self.prefill_chunk = backend, rkv_bmm, int(prefill_chunk)
         self.fold_lora_act = fold_lora_act
@@ -174,6 +180,10 @@ class RWKV7Fast:
             self.ops.sparse_gemv, make_scratch = decode_ops.resolve_sparse(self.device.type, _ew_backend(backend))
             self._sparse_scratch = make_scratch(cfg.n_embd, cfg.d_ffn, self.device)
         self.pdl = cfg.n_embd <= PDL_MAX_EMBD
+        if ln_fused is None:
+            env = os.environ.get("RWKVRT_LN_FUSED", "auto")
+            ln_fused = env == "1" or (env != "0" and cfg.n_embd <= LN_FUSED_MAX_EMBD)
+        self.set_ln_fused(bool(ln_fused) and self.decode_fused and not self.layer_fused)
         C = cfg.n_embd
         with torch.no_grad():
             f32 = lambda n: sd[n].to(self.device, torch.float32)  # noqa: E731
@@ -185,6 +195,15 @@ class RWKV7Fast:
             self.head_groups = RowGroups.single(self.head.shape[0])
             self._head_fp32 = self._mm_out_fp32_works()
             self.layers = [self._load_layer(sd, i) for i in range(cfg.n_layer)]
+
+    def set_ln_fused(self, on: bool) -> None:
+        """Switch ``ln_fused`` (the decode ops; for A/B runs, between steps, with no graph captured
+        of the other setting in use)."""
+        self.ln_fused = bool(on)
+        if self.ln_fused and not hasattr(self.ops, "ln_gemv"):
+            self.ops.ln_gemv = decode_ops.resolve_ln(self.device.type, _ew_backend(self.backend))
+            # one zero counter per call site (ln1, ln2 of each layer); each launch leaves it at zero
+            self._ln_sync = torch.zeros(2 * self.cfg.n_layer, 1, device=self.device, dtype=torch.int32)
 
     def _load_layer(self, sd, i: int) -> SimpleNamespace:
         """Per-layer weights in the layout the products want (built once, contiguous).
@@ -342,19 +361,33 @@ class RWKV7Fast:
         v_first = None
         if self.layer_fused and B <= LAYER_MAX_BATCH:
             return self._head(*self._decode_layers(x.view(B, C), res.view(B, C), state, slots))
+        if self.ln_fused:
+            # LayerNorm + lerps inside the products (ln_gemv): 5 launches per layer; the residual
+            # goes to a new buffer at each site (the old one is still read by the other programs)
+            res32 = lambda: torch.empty(B, C, device=dev, dtype=torch.float32)  # noqa: E731
+            ln_gemv = lambda *a: self.ops.ln_gemv(*a, eps=LN_EPS, pdl=self.pdl)  # noqa: E731
+            res = res.view(B, C)
         for i, p in enumerate(self.layers):
-            xs, res = self.ops.shift.add_ln_lerp(x, res, p.ln1[0], p.ln1[1], state.att_x[i], p.mix6,
-                                                 eps=LN_EPS, slots=slots, pdl=self.pdl)
-            rkvh = gemv(xs.view(6, B, C), p.W_in, p.in_groups, new(p.W_in.shape[0]))
+            if self.ln_fused:
+                rkvh, res = ln_gemv(x.view(B, C), res, p.ln1[0], p.ln1[1], state.att_x[i], slots, p.mix6, p.W_in,
+                                    p.in_groups, new(p.W_in.shape[0]), res32(), self._ln_sync[2 * i])
+            else:
+                xs, res = self.ops.shift.add_ln_lerp(x, res, p.ln1[0], p.ln1[1], state.att_x[i], p.mix6,
+                                                     eps=LN_EPS, slots=slots, pdl=self.pdl)
+                rkvh = gemv(xs.view(6, B, C), p.W_in, p.in_groups, new(p.W_in.shape[0]))
             if i == 0:
                 v_first = rkvh[:, 2 * C:3 * C]
             out = self.ops.tmix_lora(rkvh, state.wkv[i], slots, lora=p.lora_cols, up=p.up_views, w0=p.w0, a0=p.a0,
                                      v0=p.v0, v_first=v_first if i else None, k_k=p.k_k, k_a=p.k_a, r_k=p.r_k,
                                      ln_w=p.ln_x[0], ln_b=p.ln_x[1], pdl=self.pdl)
             att = gemv(out.view(1, B, C), p.Wo, p.o_groups, new(C))
-            xk, res = self.ops.shift.add_ln_lerp(att.view(B, 1, C), res, p.ln2[0], p.ln2[1], state.ffn_x[i],
-                                                 p.ffn_mix, eps=LN_EPS, slots=slots, pdl=self.pdl)
-            h = gemv(xk.view(1, B, C), p.ffn_key, p.key_groups, new(p.ffn_key.shape[0]))
+            if self.ln_fused:
+                h, res = ln_gemv(att, res, p.ln2[0], p.ln2[1], state.ffn_x[i], slots, p.ffn_mix.view(1, C),
+                                 p.ffn_key, p.key_groups, new(p.ffn_key.shape[0]), res32(), self._ln_sync[2 * i + 1])
+            else:
+                xk, res = self.ops.shift.add_ln_lerp(att.view(B, 1, C), res, p.ln2[0], p.ln2[1], state.ffn_x[i],
+                                                     p.ffn_mix, eps=LN_EPS, slots=slots, pdl=self.pdl)
+                h = gemv(xk.view(1, B, C), p.ffn_key, p.key_groups, new(p.ffn_key.shape[0]))
             if self.ffn_sparse and B == 1:
                 x = self.ops.sparse_gemv(h, p.ffn_value_t, new(C), self._sparse_scratch, pdl=self.pdl).view(B, 1, C)
             elif self.ffn_sparse:  # a row of W_value.T is skipped only if every row's h is 0 there: rarely

@@ -18,6 +18,22 @@ activations, ``tmix_lora_step``, Wo, add_ln_lerp, ffn key with relu^2, ffn value
     pdl    : (keyword, both ops) programmatic dependent launch (``rwkvrt.ops._pdl``): None =
              the device default, False = off; the references ignore it
 
+    out, new_res = ln_gemv(x, res, ln_w, ln_b, x_prev, slots, mix, W, groups, out, new_res, sync, *, eps)
+
+    grouped_gemv whose input rows are add_ln_lerp's, made inside the product's programs (one
+    launch instead of two: no normed rows written and read back, one dependency hop fewer).
+    x      : [M, C] activation dtype (the branch output to add), res [M, C] fp32 or activation
+             dtype: neither mutated; unit stride along C
+    ln_w, ln_b : [C] LayerNorm; mix [G, C] lerp rows (groups.xrows index them)
+    x_prev : [S, C] token-shift pool: rows ``slots`` ([M] int64) read as the shift, then
+             UPDATED IN PLACE to LayerNorm(res + x) in the activation dtype
+    new_res: [M, C] WRITTEN = res + x in new_res's dtype (a buffer other than res)
+    sync   : [1] int32 zero counter on W's device (the kernel's; back to zero after each launch;
+             one per call site, or at least never shared by two launches in flight at once);
+             the reference ignores it
+    out    = act_i(lerp(xn, x_prev, mix[xrow_i]) @ W[rows of group i].T), exactly add_ln_lerp's
+             rows (rounded to the activation dtype) fed to grouped_gemv
+
     out = tmix_lora_step(rkvh, state, slots, *, lora, up, w0, a0, v0, v_first, k_k, k_a, r_k, ln_w, ln_b)
 
     rkvh   : [B, 3C + sum(D)] activation dtype, grouped_gemv's output: r | k | v | the LoRA
@@ -59,12 +75,12 @@ activations, ``tmix_lora_step``, Wo, add_ln_lerp, ffn key with relu^2, ffn value
 from __future__ import annotations
 
 from .reference import (ACT_NONE, ACT_RELU2, ACT_SIGMOID, ACT_TANH, RowGroups, decode_layer_reference,
-                        grouped_gemv_reference, no_layer_scratch, no_scratch, sparse_rows_gemv_reference,
+                        grouped_gemv_reference, ln_gemv_reference, no_layer_scratch, no_scratch, sparse_rows_gemv_reference,
                         tmix_lora_step_reference)
 
 __all__ = ["ACT_NONE", "ACT_RELU2", "ACT_SIGMOID", "ACT_TANH", "RowGroups", "decode_layer_reference",
-           "grouped_gemv_reference", "sparse_rows_gemv_reference", "tmix_lora_step_reference", "resolve",
-           "resolve_layer", "resolve_sparse"]
+           "grouped_gemv_reference", "ln_gemv_reference", "sparse_rows_gemv_reference", "tmix_lora_step_reference", "resolve",
+           "resolve_layer", "resolve_ln", "resolve_sparse"]
 
 
 def resolve(device: str, backend: str = "auto"):
@@ -78,6 +94,17 @@ def resolve(device: str, backend: str = "auto"):
 
     return choose("the decode-step ops", device, backend, (grouped_gemv_reference, tmix_lora_step_reference),
                   triton)
+
+
+def resolve_ln(device: str, backend: str = "auto"):
+    """ln_gemv for ``device``, chosen as ``resolve`` chooses."""
+    from .._backend import choose
+
+    def triton():
+        from .triton_gemv import ln_gemv_triton
+        return ln_gemv_triton
+
+    return choose("the LayerNorm + GEMV op", device, backend, ln_gemv_reference, triton)
 
 
 def resolve_sparse(device: str, backend: str = "auto"):

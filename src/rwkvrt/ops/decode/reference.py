@@ -75,6 +75,18 @@ def grouped_gemv_reference(xs: torch.Tensor, W: torch.Tensor, groups: RowGroups,
     return out
 
 
+def ln_gemv_reference(x, res, ln_w, ln_b, x_prev, slots, mix, W, groups: RowGroups, out, new_res, sync=None, *,
+                      eps: float = 1e-5, pdl=None):
+    """See ``rwkvrt.ops.decode``: add_ln_lerp's reference, then grouped_gemv's (``sync`` is the
+    kernel's counter; ignored)."""
+    from ..token_shift.reference import add_ln_lerp_reference
+
+    M, C = x.shape
+    xs, h = add_ln_lerp_reference(x.view(M, 1, C), res.view(M, 1, C), ln_w, ln_b, x_prev, mix, eps=eps, slots=slots)
+    new_res.copy_(h.view(M, C))
+    return grouped_gemv_reference(xs.view(-1, M, C), W, groups, out), new_res
+
+
 def lora_up(rkvh: torch.Tensor, lora: dict, up: dict, name: str) -> torch.Tensor:
     """hidden(name) @ up[name].T in fp32: [B, C]."""
     off, d = lora[name]
@@ -142,4 +154,4 @@ def no_scratch(N: int, K: int, device) -> None:
 
 
 __all__ = ["ACT_NONE", "ACT_RELU2", "ACT_TANH", "ACT_SIGMOID", "RowGroups", "apply_act", "decode_layer_reference",
-           "grouped_gemv_reference", "no_layer_scratch", "no_scratch", "sparse_rows_gemv_reference", "tmix_lora_step_reference"]
+           "grouped_gemv_reference", "ln_gemv_reference", "no_layer_scratch", "no_scratch", "sparse_rows_gemv_reference", "tmix_lora_step_reference"]

@@ -32,6 +32,10 @@ MAX_M = 8  # batch rows per launch; above this a GEMM (cuBLAS) wins anyway
 BLOCK_K = 512
 NUM_WARPS = 4
 STAGES = 3
+# ln_gemv's rows per program when set (None: pick_blocks, as grouped_gemv) and its pipeline
+# depth (its per-tile LayerNorm / lerp loads are pipelined too: registers); A/B knobs
+LN_BLOCK_N: int | None = None
+LN_STAGES = 3
 
 
 @triton.jit
@@ -64,7 +68,13 @@ def grouped_gemv_kernel(x_ptr, w_ptr, out_ptr, xrow_ptr, act_ptr, M, N, sxg, sxm
         acc += w.to(tl.float32)[None, :, :] * x.to(tl.float32)[:, None, :]
         w_ptrs += BLOCK_K
         x_ptrs += BLOCK_K
-    y = tl.sum(acc, axis=2)                                   # [M_PAD, BLOCK_N]
+    _act_store(tl.sum(acc, axis=2), act_ptr, out_ptr, pid, m, n, mmask, N, som, HAS_ACT)
+
+
+@triton.jit
+def _act_store(y, act_ptr, out_ptr, pid, m, n, mmask, N, som, HAS_ACT: tl.constexpr):
+    """out[m, n] = act(y) for y [M_PAD, BLOCK_N] fp32 (the block's activation from the group table);
+    mmask [M_PAD, 1]."""
     if HAS_ACT:
         act = tl.load(act_ptr + pid)
         pos = tl.maximum(y, 0.0)
@@ -86,6 +96,17 @@ def pick_blocks(N: int, K: int, groups: RowGroups) -> tuple[int, int]:
     return block_n, block_k
 
 
+def _plan(W: torch.Tensor, groups: RowGroups, block_n: int | None, block_k: int | None):
+    """(block_n, block_k, xrow table, act table) of a launch: ``pick_blocks`` unless overridden."""
+    N, K = W.shape
+    bn, bk = pick_blocks(N, K, groups)
+    bn, bk = block_n or bn, block_k or bk
+    assert K % bk == 0, "block_k must divide K"
+    tables = groups.tables(W.device, bn)
+    assert tables is not None, "block_n must divide every group's rows"
+    return bn, bk, *tables
+
+
 def grouped_gemv_triton(xs: torch.Tensor, W: torch.Tensor, groups: RowGroups, out: torch.Tensor, *,
                         block_n: int | None = None, block_k: int | None = None,
                         num_warps: int | None = None, stages: int | None = None, pdl: bool | None = None) -> torch.Tensor:
@@ -96,12 +117,7 @@ def grouped_gemv_triton(xs: torch.Tensor, W: torch.Tensor, groups: RowGroups, ou
     assert N == groups.n_rows and out.shape == (M, N) and out.stride(1) == 1
     assert xs.stride(2) == 1, "xs needs unit stride along K"
     assert 1 <= M <= MAX_M, f"grouped_gemv takes 1..{MAX_M} batch rows"
-    bn, bk = pick_blocks(N, K, groups)
-    bn, bk = block_n or bn, block_k or bk
-    assert K % bk == 0, "block_k must divide K"
-    tables = groups.tables(W.device, bn)
-    assert tables is not None, "block_n must divide every group's rows"
-    xrow, act = tables
+    bn, bk, xrow, act = _plan(W, groups, block_n, block_k)
     grid = (triton.cdiv(N, bn),)
     pdl = _pdl.resolve(pdl, W.device, "gemv")
     line = _pdl.L2_LINE // W.element_size()
@@ -112,3 +128,93 @@ def grouped_gemv_triton(xs: torch.Tensor, W: torch.Tensor, groups: RowGroups, ou
                               PF_LINES=_pdl.prefetch_lines(N, K * W.element_size()), LINE_ELEMS=line,
                               num_warps=NUM_WARPS if num_warps is None else num_warps, launch_pdl=pdl)
     return out
+
+
+@triton.jit
+def ln_gemv_kernel(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, prev_ptr, slots_ptr, mix_ptr,
+                   w_ptr, out_ptr, xrow_ptr, act_ptr, sync_ptr, M, N, sxm, srm, snm, spb, smix, som, eps,
+                   K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   M_PAD: tl.constexpr, HAS_ACT: tl.constexpr, EVEN_N: tl.constexpr, STAGES: tl.constexpr,
+                   USE_PDL: tl.constexpr, PF_LINES: tl.constexpr, LINE_ELEMS: tl.constexpr):
+    """Grid (cdiv(N, BLOCK_N),): ``grouped_gemv_kernel`` whose input rows are made in the
+    program from the raw stream: h = res + x, xn = LayerNorm(h), xs = lerp(xn, x_prev[slot],
+    mix[xrow]). Every program computes the row statistics itself (the whole rows, from L1/L2),
+    so no program waits for another. Program 0 stores h (new_res, another buffer than res);
+    the program that arrives last (counter) writes xn into x_prev, when every program of the
+    launch has read the old rows, and puts the counter back."""
+    pid = tl.program_id(0)
+    n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    if USE_PDL and PF_LINES > 0:
+        prefetch_rows(w_ptr, n, K, N, PF_LINES, LINE_ELEMS)
+    wait_prev(USE_PDL)
+    ty = x_ptr.dtype.element_ty
+    rty = newres_ptr.dtype.element_ty
+    m = tl.arange(0, M_PAD)
+    mmask = m < M
+    slot = tl.load(slots_ptr + m, mask=mmask, other=0).to(tl.int64)
+    cc = tl.arange(0, K_PAD)
+    rmask = mmask[:, None] & (cc < K)[None, :]
+    h = tl.load(res_ptr + m[:, None] * srm + cc[None, :], mask=rmask, other=0.0).to(tl.float32)
+    h = (h + tl.load(x_ptr + m[:, None] * sxm + cc[None, :], mask=rmask, other=0.0).to(tl.float32)).to(rty)
+    if pid == 0:
+        tl.store(newres_ptr + m[:, None] * snm + cc[None, :], h, mask=rmask)
+    h = h.to(tl.float32)
+    mean = tl.sum(h, axis=1) / K
+    d = tl.where(rmask, h - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=1) / K + eps)
+    lw = tl.load(lnw_ptr + cc, mask=cc < K, other=0.0).to(tl.float32)
+    lb = tl.load(lnb_ptr + cc, mask=cc < K, other=0.0).to(tl.float32)
+    xn_row = (d * rstd[:, None] * lw[None, :] + lb[None, :]).to(ty)   # kept for the state write
+    xrow = tl.load(xrow_ptr + pid).to(tl.int64)
+    kk = tl.arange(0, BLOCK_K)
+    w_ptrs = w_ptr + n.to(tl.int64)[:, None] * K + kk[None, :]
+    mm = mmask[:, None]
+    acc = tl.zeros([M_PAD, BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
+        if EVEN_N:
+            w = tl.load(w_ptrs)
+        else:
+            w = tl.load(w_ptrs, mask=(n < N)[:, None], other=0.0)
+        k = k0 + kk
+        ht = tl.load(res_ptr + m[:, None] * srm + k[None, :], mask=mm, other=0.0).to(tl.float32)
+        ht = (ht + tl.load(x_ptr + m[:, None] * sxm + k[None, :], mask=mm, other=0.0).to(tl.float32)).to(rty)
+        xn = (ht.to(tl.float32) - mean[:, None]) * rstd[:, None] * tl.load(lnw_ptr + k).to(tl.float32)[None, :]
+        xn = (xn + tl.load(lnb_ptr + k).to(tl.float32)[None, :]).to(ty).to(tl.float32)
+        sh = tl.load(prev_ptr + slot[:, None] * spb + k[None, :], mask=mm, other=0.0).to(ty).to(tl.float32)
+        mix = tl.load(mix_ptr + xrow * smix + k).to(tl.float32)
+        xin = (xn + (sh - xn) * mix[None, :]).to(ty).to(tl.float32)
+        acc += w.to(tl.float32)[None, :, :] * xin[:, None, :]
+        w_ptrs += BLOCK_K
+    _act_store(tl.sum(acc, axis=2), act_ptr, out_ptr, pid, m, n, mm, N, som, HAS_ACT)
+    # every thread has read its x_prev rows (their values went into the sums) before the release
+    tl.debug_barrier()
+    nprog = tl.num_programs(0)
+    if tl.atomic_add(sync_ptr, 1, sem="acq_rel", scope="gpu") == nprog - 1:
+        tl.store(prev_ptr + slot[:, None] * spb + cc[None, :], xn_row.to(prev_ptr.dtype.element_ty), mask=rmask)
+        tl.atomic_add(sync_ptr, -nprog, sem="relaxed", scope="gpu")   # 0 again for the next launch
+
+
+def ln_gemv_triton(x, res, ln_w, ln_b, x_prev, slots, mix, W, groups, out, new_res, sync, *, eps: float = 1e-5,
+                   block_n: int | None = None, block_k: int | None = None, num_warps: int | None = None,
+                   stages: int | None = None, pdl: bool | None = None):
+    """See ``rwkvrt.ops.decode``: (out, new_res)."""
+    M, K = x.shape
+    N = W.shape[0]
+    assert W.shape == (N, K) and W.is_contiguous(), "W must be a contiguous [N, K]"
+    assert res.shape == new_res.shape == (M, K) and out.shape == (M, N), "shape mismatch"
+    assert x.stride(1) == res.stride(1) == new_res.stride(1) == out.stride(1) == 1, "unit stride along C"
+    assert new_res.data_ptr() != res.data_ptr(), "new_res must not be res (other programs still read it)"
+    assert x_prev.dim() == 2 and x_prev.stride(1) == 1 and mix.stride(1) == 1 and mix.shape[1] == K
+    assert ln_w.is_contiguous() and ln_b.is_contiguous() and slots.shape == (M,)
+    assert sync.dtype == torch.int32 and sync.device == W.device, "sync: an int32 counter (zero) on W's device"
+    assert 1 <= M <= MAX_M, f"ln_gemv takes 1..{MAX_M} batch rows"
+    bn, bk, xrow, act = _plan(W, groups, block_n or LN_BLOCK_N, block_k)
+    pdl = _pdl.resolve(pdl, W.device, "gemv")
+    ln_gemv_kernel[(triton.cdiv(N, bn),)](
+        x, res, new_res, ln_w, ln_b, x_prev, slots, mix, W, out, xrow, act, sync, M, N, x.stride(0), res.stride(0),
+        new_res.stride(0), x_prev.stride(0), mix.stride(0), out.stride(0), float(eps),
+        K=K, K_PAD=triton.next_power_of_2(K), BLOCK_N=bn, BLOCK_K=bk, M_PAD=triton.next_power_of_2(M),
+        HAS_ACT=any(groups.acts), EVEN_N=N % bn == 0, STAGES=LN_STAGES if stages is None else stages, USE_PDL=pdl,
+        PF_LINES=_pdl.prefetch_lines(N, K * W.element_size()), LINE_ELEMS=_pdl.L2_LINE // W.element_size(),
+        num_warps=NUM_WARPS if num_warps is None else num_warps, launch_pdl=pdl)
+    return out, new_res
