@@ -13,7 +13,8 @@ Variants (comma separated; default: all that apply):
   dch64 / dch128          decode with the time-mix kernel's LoRA-up tile at 64 / 128 rank columns
   tmix_w4 / tmix_w16      decode with the time-mix kernel at 4 / 16 warps
   ln_on / ln_off          decode with ln_fused on / off (LayerNorm + lerps inside the next product)
-  ln_bnN / ln_stN         ln_fused on with N rows per ln_gemv program / N pipeline stages
+  ln[_bnN][_bkK][_stS][_nwW]  ln_fused on with N rows per ln_gemv program, K-tiles of K columns,
+              S stages, W warps
   ffn_noskip  decode with the sparse FFN value op loading every row (same tiles: its dense rate)
   ffn_dense   decode with the FFN value as the plain row-major GEMV (the path before ffn_sparse)
   pp512 / pp512_dense     prefill of 512 tokens (tok/s) with W_value kept transposed / row-major
@@ -67,7 +68,8 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
     """(tok/s of batch-1 decode, its first 24 greedy tokens) for variant v (model knobs set and
     restored around it)."""
     saved = (m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS, m.ffn_sparse, m.layer_fused, layer_mod.MAXNREG, layer_mod.SLAB,
-             layer_mod.NCH, layer_mod.TICKET, layer_mod.UP_PREFETCH, m.ln_fused, gemv_mod.LN_BLOCK_N, gemv_mod.LN_STAGES)
+             layer_mod.NCH, layer_mod.TICKET, layer_mod.UP_PREFETCH, m.ln_fused, gemv_mod.LN_BLOCK_N, gemv_mod.LN_STAGES,
+             gemv_mod.LN_BLOCK_K, gemv_mod.LN_NUM_WARPS)
     off_kinds = set(_pdl.OFF_KINDS)
     try:
         if v == "ffn_noskip":
@@ -85,12 +87,18 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
             m.pdl = True
         elif v in ("ln_on", "ln_off"):
             m.set_ln_fused(v == "ln_on")
-        elif v.startswith("ln_bn"):
+        elif v.startswith("ln_"):
             m.set_ln_fused(True)
-            gemv_mod.LN_BLOCK_N = int(v[5:])
-        elif v.startswith("ln_st"):
-            m.set_ln_fused(True)
-            gemv_mod.LN_STAGES = int(v[5:])
+            for knob in v.split("_")[1:]:
+                val = int(knob[2:])
+                if knob.startswith("bn"):
+                    gemv_mod.LN_BLOCK_N = val
+                elif knob.startswith("bk"):
+                    gemv_mod.LN_BLOCK_K = val
+                elif knob.startswith("st"):
+                    gemv_mod.LN_STAGES = val
+                elif knob.startswith("nw"):
+                    gemv_mod.LN_NUM_WARPS = val
         elif v.startswith("dch"):
             tmix_mod.DCH = int(v[3:])
         elif v.startswith("tmix_w"):
@@ -150,7 +158,8 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
             return rate, toks
     finally:
         (m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS, m.ffn_sparse, m.layer_fused, layer_mod.MAXNREG, layer_mod.SLAB,
-         layer_mod.NCH, layer_mod.TICKET, layer_mod.UP_PREFETCH, ln, gemv_mod.LN_BLOCK_N, gemv_mod.LN_STAGES) = saved
+         layer_mod.NCH, layer_mod.TICKET, layer_mod.UP_PREFETCH, ln, gemv_mod.LN_BLOCK_N, gemv_mod.LN_STAGES,
+         gemv_mod.LN_BLOCK_K, gemv_mod.LN_NUM_WARPS) = saved
         m.set_ln_fused(ln)
         sparse_mod.SKIP = True
         if m.ffn_sparse:

@@ -35,7 +35,9 @@ STAGES = 3
 # ln_gemv's rows per program when set (None: pick_blocks, as grouped_gemv) and its pipeline
 # depth (its per-tile LayerNorm / lerp loads are pipelined too: registers); A/B knobs
 LN_BLOCK_N: int | None = None
+LN_BLOCK_K: int | None = None
 LN_STAGES = 3
+LN_NUM_WARPS: int | None = None
 
 
 @triton.jit
@@ -208,7 +210,7 @@ def ln_gemv_triton(x, res, ln_w, ln_b, x_prev, slots, mix, W, groups, out, new_r
     assert ln_w.is_contiguous() and ln_b.is_contiguous() and slots.shape == (M,)
     assert sync.dtype == torch.int32 and sync.device == W.device, "sync: an int32 counter (zero) on W's device"
     assert 1 <= M <= MAX_M, f"ln_gemv takes 1..{MAX_M} batch rows"
-    bn, bk, xrow, act = _plan(W, groups, block_n or LN_BLOCK_N, block_k)
+    bn, bk, xrow, act = _plan(W, groups, block_n or LN_BLOCK_N, block_k or LN_BLOCK_K)
     pdl = _pdl.resolve(pdl, W.device, "gemv")
     ln_gemv_kernel[(triton.cdiv(N, bn),)](
         x, res, new_res, ln_w, ln_b, x_prev, slots, mix, W, out, xrow, act, sync, M, N, x.stride(0), res.stride(0),
@@ -216,5 +218,5 @@ def ln_gemv_triton(x, res, ln_w, ln_b, x_prev, slots, mix, W, groups, out, new_r
         K=K, K_PAD=triton.next_power_of_2(K), BLOCK_N=bn, BLOCK_K=bk, M_PAD=triton.next_power_of_2(M),
         HAS_ACT=any(groups.acts), EVEN_N=N % bn == 0, STAGES=LN_STAGES if stages is None else stages, USE_PDL=pdl,
         PF_LINES=_pdl.prefetch_lines(N, K * W.element_size()), LINE_ELEMS=_pdl.L2_LINE // W.element_size(),
-        num_warps=NUM_WARPS if num_warps is None else num_warps, launch_pdl=pdl)
+        num_warps=num_warps or LN_NUM_WARPS or NUM_WARPS, launch_pdl=pdl)
     return out, new_res
