@@ -70,9 +70,10 @@ def test_grouped_gemv_ragged_rows_strided_input_and_fp32_out(kernel_device):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("K,block_n", [(96, None), (128, 16)])
 def test_ln_gemv_matches_reference_chained(kernel_device, M, dtype, K, block_n):
-    """ln_gemv == add_ln_lerp + grouped_gemv (references) over 3 chained calls: the token-shift
-    pool rows of ``slots`` carry over, other rows and res stay untouched, new_res written, the
-    counter back at zero; K = 96 is not a power of two (padded statistics)."""
+    """ln_gemv == add_ln_lerp + grouped_gemv (references) over 3 chained calls that alternate
+    two token-shift pools as the model's sites do: each call's xn_out is the next call's pending
+    copy into the pool it read. Outputs poisoned, res / x_prev not mutated, rows outside ``slots``
+    untouched; K = 96 is not a power of two (padded statistics)."""
     ln_gemv = pytest.importorskip("rwkvrt.ops.decode.triton_gemv").ln_gemv_triton
     gen = torch.Generator().manual_seed(M * 5 + K)
     dev = kernel_device
@@ -82,23 +83,31 @@ def test_ln_gemv_matches_reference_chained(kernel_device, M, dtype, K, block_n):
     mix = torch.rand(4, K, generator=gen).to(dev, dtype)
     ln_w, ln_b = (1 + 0.2 * rnd(K)).to(dev), (0.1 * rnd(K)).to(dev)
     slots = torch.tensor([3, 0, 4][:M], device=dev)
-    pool = rnd(6, K).to(dev, dtype)
-    pools = [pool, pool.clone()]  # the reference's and the kernel's
-    sync = torch.zeros(1, dtype=torch.int32, device=dev)
+    pools0 = [rnd(6, K).to(dev, dtype) for _ in range(2)]
+    ref_pools, pools = [p.clone() for p in pools0], [p.clone() for p in pools0]
     res = (3 * rnd(M, K) + 1).to(dev)
+    nan = lambda n, dt=dtype: torch.full((M, n), float("nan"), device=dev, dtype=dt)  # noqa: E731
+    ref_pend = pend = None
     for step in range(3):
         x = rnd(M, K).to(dev, dtype)
-        ref_out, ref_res = ln_gemv_reference(x, res, ln_w, ln_b, pools[0], slots, mix, W, g,
-                                             torch.empty(M, g.n_rows, device=dev, dtype=dtype),
-                                             torch.empty(M, K, device=dev), eps=1e-5)
-        res_before = res.clone()
-        out, new_res = ln_gemv(x, res, ln_w, ln_b, pools[1], slots, mix, W, g,
-                               torch.full((M, g.n_rows), float("nan"), device=dev, dtype=dtype),
-                               torch.full((M, K), float("nan"), device=dev), sync, eps=1e-5, block_n=block_n)
-        assert torch.equal(res, res_before) and torch.equal(new_res, ref_res)
+        cur = step % 2   # this call reads pools[cur]; the pending copy goes to the other one
+        ref_out, ref_res, ref_xn = ln_gemv_reference(x, res, ln_w, ln_b, ref_pools[cur], slots, mix, W, g,
+                                                     nan(g.n_rows), nan(K, torch.float32), nan(K), ref_pend, eps=1e-5)
+        before = (res.clone(), pools[cur].clone())
+        out, new_res, xn = ln_gemv(x, res, ln_w, ln_b, pools[cur], slots, mix, W, g, nan(g.n_rows),
+                                   nan(K, torch.float32), nan(K), pend, eps=1e-5, block_n=block_n)
+        assert torch.equal(res, before[0]) and torch.equal(pools[cur], before[1])
+        assert torch.equal(new_res, ref_res)
         assert torch.isfinite(out).all() and rel_err(out, ref_out) < (1e-5 if dtype == torch.float32 else 5e-3)
-        assert torch.allclose(pools[1].float(), pools[0].float(), atol=1e-6 if dtype == torch.float32 else 2e-3)
-        assert int(sync.item()) == 0, "the counter must be back at zero after the launch"
+        assert torch.allclose(xn.float(), ref_xn.float(), atol=1e-5 if dtype == torch.float32 else 2e-3)
+        for a, b in zip(pools, ref_pools):
+            assert torch.allclose(a.float(), b.float(), atol=1e-5 if dtype == torch.float32 else 2e-3)
+        if step:
+            assert torch.equal(pools[1 - cur][slots], pend[0]), "the pending rows landed in the other pool"
+            rest = [r for r in range(6) if r not in slots.tolist()]
+            assert torch.equal(pools[1 - cur][rest], pools0[1 - cur][rest])
+        # as the model's sites: the rows of the pool this call read are written by the next call
+        ref_pend, pend = (ref_xn, ref_pools[cur], slots), (xn, pools[cur], slots)
         res = new_res
 
 

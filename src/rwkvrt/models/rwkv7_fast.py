@@ -202,8 +202,6 @@ class RWKV7Fast:
         self.ln_fused = bool(on)
         if self.ln_fused and not hasattr(self.ops, "ln_gemv"):
             self.ops.ln_gemv = decode_ops.resolve_ln(self.device.type, _ew_backend(self.backend))
-            # one zero counter per call site (ln1, ln2 of each layer); each launch leaves it at zero
-            self._ln_sync = torch.zeros(2 * self.cfg.n_layer, 1, device=self.device, dtype=torch.int32)
 
     def _load_layer(self, sd, i: int) -> SimpleNamespace:
         """Per-layer weights in the layout the products want (built once, contiguous).
@@ -369,8 +367,10 @@ class RWKV7Fast:
             res = res.view(B, C)
         for i, p in enumerate(self.layers):
             if self.ln_fused:
-                rkvh, res = ln_gemv(x.view(B, C), res, p.ln1[0], p.ln1[1], state.att_x[i], slots, p.mix6, p.W_in,
-                                    p.in_groups, new(p.W_in.shape[0]), res32(), self._ln_sync[2 * i])
+                # the token-shift rows of each site are copied into their pool by the next site's call
+                rkvh, res, xn = ln_gemv(x.view(B, C), res, p.ln1[0], p.ln1[1], state.att_x[i], slots, p.mix6,
+                                        p.W_in, p.in_groups, new(p.W_in.shape[0]), res32(), new(C),
+                                        (xn, state.ffn_x[i - 1], slots) if i else None)
             else:
                 xs, res = self.ops.shift.add_ln_lerp(x, res, p.ln1[0], p.ln1[1], state.att_x[i], p.mix6,
                                                      eps=LN_EPS, slots=slots, pdl=self.pdl)
@@ -382,8 +382,9 @@ class RWKV7Fast:
                                      ln_w=p.ln_x[0], ln_b=p.ln_x[1], pdl=self.pdl)
             att = gemv(out.view(1, B, C), p.Wo, p.o_groups, new(C))
             if self.ln_fused:
-                h, res = ln_gemv(att, res, p.ln2[0], p.ln2[1], state.ffn_x[i], slots, p.ffn_mix.view(1, C),
-                                 p.ffn_key, p.key_groups, new(p.ffn_key.shape[0]), res32(), self._ln_sync[2 * i + 1])
+                h, res, xn = ln_gemv(att, res, p.ln2[0], p.ln2[1], state.ffn_x[i], slots, p.ffn_mix.view(1, C),
+                                     p.ffn_key, p.key_groups, new(p.ffn_key.shape[0]), res32(), new(C),
+                                     (xn, state.att_x[i], slots))
             else:
                 xk, res = self.ops.shift.add_ln_lerp(att.view(B, 1, C), res, p.ln2[0], p.ln2[1], state.ffn_x[i],
                                                      p.ffn_mix, eps=LN_EPS, slots=slots, pdl=self.pdl)
@@ -394,6 +395,8 @@ class RWKV7Fast:
                 x = self._ffn_value(h, p).view(B, 1, C)
             else:
                 x = gemv(h.view(1, B, -1), p.ffn_value, p.o_groups, new(C)).view(B, 1, C)
+        if self.ln_fused:
+            state.ffn_x[-1].index_copy_(0, slots, xn.to(state.ffn_x.dtype))
         return self._head(x, res)
 
     def _decode_layers(self, x, res, state, slots):

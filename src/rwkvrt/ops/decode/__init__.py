@@ -18,19 +18,21 @@ activations, ``tmix_lora_step``, Wo, add_ln_lerp, ffn key with relu^2, ffn value
     pdl    : (keyword, both ops) programmatic dependent launch (``rwkvrt.ops._pdl``): None =
              the device default, False = off; the references ignore it
 
-    out, new_res = ln_gemv(x, res, ln_w, ln_b, x_prev, slots, mix, W, groups, out, new_res, sync, *, eps)
+    out, new_res, xn_out = ln_gemv(x, res, ln_w, ln_b, x_prev, slots, mix, W, groups, out, new_res, xn_out,
+                                   pending=None, *, eps)
 
     grouped_gemv whose input rows are add_ln_lerp's, made inside the product's programs (one
     launch instead of two: no normed rows written and read back, one dependency hop fewer).
     x      : [M, C] activation dtype (the branch output to add), res [M, C] fp32 or activation
              dtype: neither mutated; unit stride along C
     ln_w, ln_b : [C] LayerNorm; mix [G, C] lerp rows (groups.xrows index them)
-    x_prev : [S, C] token-shift pool: rows ``slots`` ([M] int64) read as the shift, then
-             UPDATED IN PLACE to LayerNorm(res + x) in the activation dtype
+    x_prev : [S, C] token-shift pool, rows ``slots`` ([M] int64) read as the shift, NOT updated
+             (the launch's programs all read them): the new rows go to xn_out, and the caller
+             copies them into the pool later, e.g. as the ``pending`` of a later call
     new_res: [M, C] WRITTEN = res + x in new_res's dtype (a buffer other than res)
-    sync   : [1] int32 zero counter on W's device (the kernel's; back to zero after each launch;
-             one per call site, or at least never shared by two launches in flight at once);
-             the reference ignores it
+    xn_out : [M, C] activation dtype, WRITTEN = LayerNorm(res + x) (the pool's next rows)
+    pending: None or (src [M, C], pool [S', C], slots [M]): pool[slots] = src is done first
+             (an earlier call's xn_out; pool must not be this call's x_prev)
     out    = act_i(lerp(xn, x_prev, mix[xrow_i]) @ W[rows of group i].T), exactly add_ln_lerp's
              rows (rounded to the activation dtype) fed to grouped_gemv
 

@@ -75,16 +75,21 @@ def grouped_gemv_reference(xs: torch.Tensor, W: torch.Tensor, groups: RowGroups,
     return out
 
 
-def ln_gemv_reference(x, res, ln_w, ln_b, x_prev, slots, mix, W, groups: RowGroups, out, new_res, sync=None, *,
-                      eps: float = 1e-5, pdl=None):
-    """See ``rwkvrt.ops.decode``: add_ln_lerp's reference, then grouped_gemv's (``sync`` is the
-    kernel's counter; ignored)."""
+def ln_gemv_reference(x, res, ln_w, ln_b, x_prev, slots, mix, W, groups: RowGroups, out, new_res, xn_out,
+                      pending=None, *, eps: float = 1e-5, pdl=None):
+    """See ``rwkvrt.ops.decode``: the pending copy, then add_ln_lerp's reference (on a copy of
+    the x_prev rows: the pool is not updated here) and grouped_gemv's."""
     from ..token_shift.reference import add_ln_lerp_reference
 
+    if pending is not None:
+        src, dst, dst_slots = pending
+        dst.index_copy_(0, dst_slots, src.to(dst.dtype))
     M, C = x.shape
-    xs, h = add_ln_lerp_reference(x.view(M, 1, C), res.view(M, 1, C), ln_w, ln_b, x_prev, mix, eps=eps, slots=slots)
+    prev = x_prev.index_select(0, slots)
+    xs, h = add_ln_lerp_reference(x.view(M, 1, C), res.view(M, 1, C), ln_w, ln_b, prev, mix, eps=eps)
     new_res.copy_(h.view(M, C))
-    return grouped_gemv_reference(xs.view(-1, M, C), W, groups, out), new_res
+    xn_out.copy_(prev.to(xn_out.dtype))  # add_ln_lerp left the normed row in its x_prev copy
+    return grouped_gemv_reference(xs.view(-1, M, C), W, groups, out), new_res, xn_out
 
 
 def lora_up(rkvh: torch.Tensor, lora: dict, up: dict, name: str) -> torch.Tensor:

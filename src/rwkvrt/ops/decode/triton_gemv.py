@@ -133,17 +133,19 @@ def grouped_gemv_triton(xs: torch.Tensor, W: torch.Tensor, groups: RowGroups, ou
 
 
 @triton.jit
-def ln_gemv_kernel(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, prev_ptr, slots_ptr, mix_ptr,
-                   w_ptr, out_ptr, xrow_ptr, act_ptr, sync_ptr, M, N, sxm, srm, snm, spb, smix, som, eps,
+def ln_gemv_kernel(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, prev_ptr, slots_ptr, mix_ptr, xn_ptr,
+                   psrc_ptr, pdst_ptr, pslots_ptr, w_ptr, out_ptr, xrow_ptr, act_ptr,
+                   M, N, sxm, srm, snm, spb, smix, sxn, sps, spd, som, eps,
                    K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                    M_PAD: tl.constexpr, HAS_ACT: tl.constexpr, EVEN_N: tl.constexpr, STAGES: tl.constexpr,
-                   USE_PDL: tl.constexpr, PF_LINES: tl.constexpr, LINE_ELEMS: tl.constexpr):
+                   HAS_PENDING: tl.constexpr, USE_PDL: tl.constexpr, PF_LINES: tl.constexpr,
+                   LINE_ELEMS: tl.constexpr):
     """Grid (cdiv(N, BLOCK_N),): ``grouped_gemv_kernel`` whose input rows are made in the
     program from the raw stream: h = res + x, xn = LayerNorm(h), xs = lerp(xn, x_prev[slot],
     mix[xrow]). Every program computes the row statistics itself (the whole rows, from L1/L2),
-    so no program waits for another. Program 0 stores h (new_res, another buffer than res);
-    the program that arrives last (counter) writes xn into x_prev, when every program of the
-    launch has read the old rows, and puts the counter back."""
+    so no program waits for another, and nothing is written that another program of the
+    launch reads: program 0 stores h (new_res) and xn (xn_out), and copies the pending rows
+    of an earlier call into their pool."""
     pid = tl.program_id(0)
     n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     if USE_PDL and PF_LINES > 0:
@@ -153,24 +155,29 @@ def ln_gemv_kernel(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, prev_ptr, slots
     rty = newres_ptr.dtype.element_ty
     m = tl.arange(0, M_PAD)
     mmask = m < M
+    mm = mmask[:, None]
     slot = tl.load(slots_ptr + m, mask=mmask, other=0).to(tl.int64)
     cc = tl.arange(0, K_PAD)
-    rmask = mmask[:, None] & (cc < K)[None, :]
+    rmask = mm & (cc < K)[None, :]
     h = tl.load(res_ptr + m[:, None] * srm + cc[None, :], mask=rmask, other=0.0).to(tl.float32)
     h = (h + tl.load(x_ptr + m[:, None] * sxm + cc[None, :], mask=rmask, other=0.0).to(tl.float32)).to(rty)
-    if pid == 0:
-        tl.store(newres_ptr + m[:, None] * snm + cc[None, :], h, mask=rmask)
     h = h.to(tl.float32)
     mean = tl.sum(h, axis=1) / K
     d = tl.where(rmask, h - mean[:, None], 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=1) / K + eps)
-    lw = tl.load(lnw_ptr + cc, mask=cc < K, other=0.0).to(tl.float32)
-    lb = tl.load(lnb_ptr + cc, mask=cc < K, other=0.0).to(tl.float32)
-    xn_row = (d * rstd[:, None] * lw[None, :] + lb[None, :]).to(ty)   # kept for the state write
+    if pid == 0:
+        tl.store(newres_ptr + m[:, None] * snm + cc[None, :], h, mask=rmask)
+        lw = tl.load(lnw_ptr + cc, mask=cc < K, other=0.0).to(tl.float32)
+        lb = tl.load(lnb_ptr + cc, mask=cc < K, other=0.0).to(tl.float32)
+        tl.store(xn_ptr + m[:, None] * sxn + cc[None, :], (d * rstd[:, None] * lw[None, :] + lb[None, :]).to(ty),
+                 mask=rmask)
+        if HAS_PENDING:
+            pslot = tl.load(pslots_ptr + m, mask=mmask, other=0).to(tl.int64)
+            pend = tl.load(psrc_ptr + m[:, None] * sps + cc[None, :], mask=rmask, other=0.0)
+            tl.store(pdst_ptr + pslot[:, None] * spd + cc[None, :], pend.to(pdst_ptr.dtype.element_ty), mask=rmask)
     xrow = tl.load(xrow_ptr + pid).to(tl.int64)
     kk = tl.arange(0, BLOCK_K)
     w_ptrs = w_ptr + n.to(tl.int64)[:, None] * K + kk[None, :]
-    mm = mmask[:, None]
     acc = tl.zeros([M_PAD, BLOCK_N, BLOCK_K], dtype=tl.float32)
     for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
         if EVEN_N:
@@ -188,35 +195,36 @@ def ln_gemv_kernel(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, prev_ptr, slots
         acc += w.to(tl.float32)[None, :, :] * xin[:, None, :]
         w_ptrs += BLOCK_K
     _act_store(tl.sum(acc, axis=2), act_ptr, out_ptr, pid, m, n, mm, N, som, HAS_ACT)
-    # every thread has read its x_prev rows (their values went into the sums) before the release
-    tl.debug_barrier()
-    nprog = tl.num_programs(0)
-    if tl.atomic_add(sync_ptr, 1, sem="acq_rel", scope="gpu") == nprog - 1:
-        tl.store(prev_ptr + slot[:, None] * spb + cc[None, :], xn_row.to(prev_ptr.dtype.element_ty), mask=rmask)
-        tl.atomic_add(sync_ptr, -nprog, sem="relaxed", scope="gpu")   # 0 again for the next launch
 
 
-def ln_gemv_triton(x, res, ln_w, ln_b, x_prev, slots, mix, W, groups, out, new_res, sync, *, eps: float = 1e-5,
-                   block_n: int | None = None, block_k: int | None = None, num_warps: int | None = None,
-                   stages: int | None = None, pdl: bool | None = None):
-    """See ``rwkvrt.ops.decode``: (out, new_res)."""
+def ln_gemv_triton(x, res, ln_w, ln_b, x_prev, slots, mix, W, groups, out, new_res, xn_out, pending=None, *,
+                   eps: float = 1e-5, block_n: int | None = None, block_k: int | None = None,
+                   num_warps: int | None = None, stages: int | None = None, pdl: bool | None = None):
+    """See ``rwkvrt.ops.decode``: (out, new_res, xn_out)."""
     M, K = x.shape
     N = W.shape[0]
     assert W.shape == (N, K) and W.is_contiguous(), "W must be a contiguous [N, K]"
-    assert res.shape == new_res.shape == (M, K) and out.shape == (M, N), "shape mismatch"
-    assert x.stride(1) == res.stride(1) == new_res.stride(1) == out.stride(1) == 1, "unit stride along C"
+    assert res.shape == new_res.shape == xn_out.shape == (M, K) and out.shape == (M, N), "shape mismatch"
+    for t in (x, res, new_res, xn_out, out, x_prev, mix):
+        assert t.stride(-1) == 1, "unit stride along the last axis"
     assert new_res.data_ptr() != res.data_ptr(), "new_res must not be res (other programs still read it)"
-    assert x_prev.dim() == 2 and x_prev.stride(1) == 1 and mix.stride(1) == 1 and mix.shape[1] == K
-    assert ln_w.is_contiguous() and ln_b.is_contiguous() and slots.shape == (M,)
-    assert sync.dtype == torch.int32 and sync.device == W.device, "sync: an int32 counter (zero) on W's device"
+    assert x_prev.dim() == 2 and mix.shape[1] == K and ln_w.is_contiguous() and ln_b.is_contiguous()
+    assert slots.shape == (M,), "one slot per row"
     assert 1 <= M <= MAX_M, f"ln_gemv takes 1..{MAX_M} batch rows"
+    if pending is not None:
+        psrc, pdst, pslots = pending
+        assert psrc.shape == (M, K) and psrc.stride(1) == 1 and pdst.stride(1) == 1 and pslots.shape == (M,)
+    else:
+        psrc, pdst, pslots = xn_out, x_prev, slots   # unused (HAS_PENDING off)
     bn, bk, xrow, act = _plan(W, groups, block_n or LN_BLOCK_N, block_k or LN_BLOCK_K)
     pdl = _pdl.resolve(pdl, W.device, "gemv")
     ln_gemv_kernel[(triton.cdiv(N, bn),)](
-        x, res, new_res, ln_w, ln_b, x_prev, slots, mix, W, out, xrow, act, sync, M, N, x.stride(0), res.stride(0),
-        new_res.stride(0), x_prev.stride(0), mix.stride(0), out.stride(0), float(eps),
+        x, res, new_res, ln_w, ln_b, x_prev, slots, mix, xn_out, psrc, pdst, pslots, W, out, xrow, act,
+        M, N, x.stride(0), res.stride(0), new_res.stride(0), x_prev.stride(0), mix.stride(0), xn_out.stride(0),
+        psrc.stride(0), pdst.stride(0), out.stride(0), float(eps),
         K=K, K_PAD=triton.next_power_of_2(K), BLOCK_N=bn, BLOCK_K=bk, M_PAD=triton.next_power_of_2(M),
-        HAS_ACT=any(groups.acts), EVEN_N=N % bn == 0, STAGES=LN_STAGES if stages is None else stages, USE_PDL=pdl,
+        HAS_ACT=any(groups.acts), EVEN_N=N % bn == 0, STAGES=LN_STAGES if stages is None else stages,
+        HAS_PENDING=pending is not None, USE_PDL=pdl,
         PF_LINES=_pdl.prefetch_lines(N, K * W.element_size()), LINE_ELEMS=_pdl.L2_LINE // W.element_size(),
         num_warps=num_warps or LN_NUM_WARPS or NUM_WARPS, launch_pdl=pdl)
-    return out, new_res
+    return out, new_res, xn_out
