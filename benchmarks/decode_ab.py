@@ -12,6 +12,7 @@ Variants (comma separated; default: all that apply):
   pdl_on_except_K[+K2]    PDL on except for the kernel kinds K (gemv, ln, tmix)
   dch64 / dch128          decode with the time-mix kernel's LoRA-up tile at 64 / 128 rank columns
   tmix_w4 / tmix_w16      decode with the time-mix kernel at 4 / 16 warps
+  tmix_nospf  decode without the time-mix kernel's L2 prefetch of its state rows
   ln_on / ln_off          decode with ln_fused on / off (LayerNorm + lerps inside the next product)
   ln[_bnN][_bkK][_stS][_nwW]  ln_fused on with N rows per ln_gemv program, K-tiles of K columns,
               S stages, W warps
@@ -101,6 +102,8 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
                     gemv_mod.LN_NUM_WARPS = val
         elif v.startswith("dch"):
             tmix_mod.DCH = int(v[3:])
+        elif v == "tmix_nospf":
+            tmix_mod.STATE_PREFETCH = False
         elif v.startswith("tmix_w"):
             tmix_mod.NUM_WARPS = int(v[6:])
         elif v.startswith("layer"):
@@ -162,6 +165,7 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
          gemv_mod.LN_BLOCK_K, gemv_mod.LN_NUM_WARPS) = saved
         m.set_ln_fused(ln)
         sparse_mod.SKIP = True
+        tmix_mod.STATE_PREFETCH = True
         if m.ffn_sparse:
             for p in m.layers:
                 p.ffn_value = None

@@ -68,12 +68,13 @@ def test_grouped_gemv_ragged_rows_strided_input_and_fp32_out(kernel_device):
 @pytest.mark.gpu
 @pytest.mark.parametrize("M", [1, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("K,block_n", [(96, None), (128, 16)])
+@pytest.mark.parametrize("K,block_n", [(96, None), (256, None), (128, 8)])
 def test_ln_gemv_matches_reference_chained(kernel_device, M, dtype, K, block_n):
     """ln_gemv == add_ln_lerp + grouped_gemv (references) over 3 chained calls that alternate
     two token-shift pools as the model's sites do: each call's xn_out is the next call's pending
     copy into the pool it read. Outputs poisoned, res / x_prev not mutated, rows outside ``slots``
-    untouched; K = 96 is not a power of two (padded statistics)."""
+    untouched; K = 96 is not a power of two (padded statistics) and takes pick_blocks' tile, K = 256
+    the default LN_TILE."""
     ln_gemv = pytest.importorskip("rwkvrt.ops.decode.triton_gemv").ln_gemv_triton
     gen = torch.Generator().manual_seed(M * 5 + K)
     dev = kernel_device

@@ -32,10 +32,13 @@ MAX_M = 8  # batch rows per launch; above this a GEMM (cuBLAS) wins anyway
 BLOCK_K = 512
 NUM_WARPS = 4
 STAGES = 3
-# ln_gemv's rows per program when set (None: pick_blocks, as grouped_gemv) and its pipeline
-# depth (its per-tile LayerNorm / lerp loads are pipelined too: registers); A/B knobs
+# ln_gemv's tile: every program recomputes the row statistics and loads six vectors per K-tile,
+# so it takes more rows per program than grouped_gemv. H100 decode b1 tok/s, unfused 671 / 2,705
+# (1.5B / 0.1B): 4 x 512 578 / 2,516; 8 x 512 630 / 2,801; 16 x 256 687 / 2,864; 32 x 128 609 /
+# 2,036 (docs/perf.md). Knobs (None = these defaults) for A/B runs.
 LN_BLOCK_N: int | None = None
 LN_BLOCK_K: int | None = None
+LN_TILE = (16, 256)
 LN_STAGES = 3
 LN_NUM_WARPS: int | None = None
 
@@ -98,10 +101,13 @@ def pick_blocks(N: int, K: int, groups: RowGroups) -> tuple[int, int]:
     return block_n, block_k
 
 
-def _plan(W: torch.Tensor, groups: RowGroups, block_n: int | None, block_k: int | None):
-    """(block_n, block_k, xrow table, act table) of a launch: ``pick_blocks`` unless overridden."""
+def _plan(W: torch.Tensor, groups: RowGroups, block_n: int | None, block_k: int | None, tile=None):
+    """(block_n, block_k, xrow table, act table) of a launch: ``tile`` (block_n, block_k) where
+    it fits the groups and K, else ``pick_blocks``, unless overridden."""
     N, K = W.shape
     bn, bk = pick_blocks(N, K, groups)
+    if tile and K % tile[1] == 0 and not any(sz % tile[0] for sz in groups.sizes[:-1]):
+        bn, bk = tile
     bn, bk = block_n or bn, block_k or bk
     assert K % bk == 0, "block_k must divide K"
     tables = groups.tables(W.device, bn)
@@ -216,7 +222,7 @@ def ln_gemv_triton(x, res, ln_w, ln_b, x_prev, slots, mix, W, groups, out, new_r
         assert psrc.shape == (M, K) and psrc.stride(1) == 1 and pdst.stride(1) == 1 and pslots.shape == (M,)
     else:
         psrc, pdst, pslots = xn_out, x_prev, slots   # unused (HAS_PENDING off)
-    bn, bk, xrow, act = _plan(W, groups, block_n or LN_BLOCK_N, block_k or LN_BLOCK_K)
+    bn, bk, xrow, act = _plan(W, groups, block_n or LN_BLOCK_N, block_k or LN_BLOCK_K, LN_TILE)
     pdl = _pdl.resolve(pdl, W.device, "gemv")
     ln_gemv_kernel[(triton.cdiv(N, bn),)](
         x, res, new_res, ln_w, ln_b, x_prev, slots, mix, xn_out, psrc, pdst, pslots, W, out, xrow, act,
