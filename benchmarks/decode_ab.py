@@ -19,6 +19,7 @@ Variants (comma separated; default: all that apply):
   ffn_noskip  decode with the sparse FFN value op loading every row (same tiles: its dense rate)
   ffn_dense   decode with the FFN value as the plain row-major GEMV (the path before ffn_sparse)
   pp512 / pp512_dense     prefill of 512 tokens (tok/s) with W_value kept transposed / row-major
+  pp512_replay            the captured 512-token prefill graph replayed alone (GPU time; no host work)
   layer[_rN][_sN][_cN][_pid][_nopf][_nopdl]  decode with each layer as one decode_layer launch
               (FFN value dense; shapes up to n_embd 2048, skipped above); _rN: register cap N
               (0 = none), _sN: weight elements of a GEMV chunk, _cN: chunks per GEMV item, _pid:
@@ -128,7 +129,14 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
         r.prefill(s, [1, 2, 3])
         V = m.cfg.vocab_size
         with torch.inference_mode():
-            if v.startswith("pp512"):
+            if v == "pp512_replay":
+                prompt = torch.randint(0, V, (512,)).tolist()
+                r.prefill(s, prompt)
+                g512 = r._prefill_graph(512)["graph"]
+
+                def fn():
+                    g512.replay()
+            elif v.startswith("pp512"):
                 prompt = torch.randint(0, V, (512,)).tolist()
 
                 def fn():
