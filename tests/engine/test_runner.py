@@ -300,14 +300,18 @@ def test_gpu_graphed_prefill_equals_eager():
     cfg, sd = gpu_ckpt()
     fast = RWKV7Fast(cfg, sd, device="cuda", dtype=torch.float16)
     prompt = [(i * 37 + 1) % 65536 for i in range(777)]
-    outs = []
+    longer = torch.tensor([(i * 91 + 5) % 65536 for i in range(1500)])
+    runs = []
     for ug in (True, False):
         r = DecodeRunner(fast, 2, use_graphs=ug, prefill_chunk=256)
-        s = r.alloc()
-        outs.append((r.prefill(s, prompt), r.pool.wkv[:, s].clone()))
-        outs.append((r.prefill(s, prompt[:100]), r.pool.wkv[:, s].clone()))  # graphs reused, state chained
-    assert torch.equal(outs[0][0], outs[2][0]) and torch.equal(outs[0][1], outs[2][1])
-    assert torch.equal(outs[1][0], outs[3][0]) and torch.equal(outs[1][1], outs[3][1])
+        s, s2 = r.alloc(), r.alloc()
+        outs = [r.prefill(s, prompt), r.prefill(s, prompt[:100]),   # graphs reused, state chained
+                r.prefill(s2, longer),                                # a CPU tensor; grows the id staging
+                r.prefill(s2, longer[:300].cuda())]                   # ids already on the device
+        torch.cuda.synchronize()
+        runs.append(outs + [r.pool.wkv[:, s].clone(), r.pool.wkv[:, s2].clone()])
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
 
 
 def decode_by_steps(runner, slots, toks, limits, stops):
