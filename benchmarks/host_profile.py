@@ -35,3 +35,36 @@ with torch.inference_mode():
     torch.cuda.synchronize()
     pr.disable()
 pstats.Stats(pr).sort_stats("tottime").print_stats(18)
+
+# The runner's prefill (graphs): host time of reset + prefill vs the graph replayed alone
+from rwkvrt.engine.runner import DecodeRunner  # noqa: E402
+
+r = DecodeRunner(m, 1)
+s = r.alloc()
+prompt = tok[0].tolist()
+with torch.inference_mode():
+    for _ in range(3):
+        r.reset(s)
+        r.prefill(s, prompt)
+    torch.cuda.synchronize()
+    g = r._prefill_graph(T)["graph"]
+    for name, fn in (("reset+prefill", lambda: (r.reset(s), r.prefill(s, prompt))), ("replay", g.replay)):
+        ts, hs = [], []
+        for _ in range(10):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            t1 = time.perf_counter()
+            torch.cuda.synchronize()
+            ts.append(time.perf_counter() - t0)
+            hs.append(t1 - t0)
+        ts.sort()
+        hs.sort()
+        print(f"runner {name}: median {1e3 * ts[5]:.3f} ms (host until return {1e3 * hs[5]:.3f} ms)")
+    pr = cProfile.Profile()
+    pr.enable()
+    r.reset(s)
+    r.prefill(s, prompt)
+    torch.cuda.synchronize()
+    pr.disable()
+pstats.Stats(pr).sort_stats("tottime").print_stats(12)
