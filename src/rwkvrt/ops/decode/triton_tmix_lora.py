@@ -30,8 +30,8 @@ DCH = 32       # LoRA rank columns per tile step (LoRA ranks are multiples of 32
 # A 128-column LoRA tile was ~+1% at 7.2B but spills (1.2 KB at 8 warps, sm_90 ptxas): kept 32.
 NUM_WARPS: int | None = None
 # with PDL, prefetch the head's fp32 state rows into L2 before waiting for the previous kernel
-# (an A/B knob until measured)
-STATE_PREFETCH = True
+# (A/B knob; H100 decode b1 with -> without: 1.5B 683 -> 687, 0.1B 2,857 -> 2,854: no gain, off)
+STATE_PREFETCH = False
 
 
 @triton.jit
