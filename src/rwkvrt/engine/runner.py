@@ -217,8 +217,8 @@ class DecodeRunner:
     def _stage_prompt(self, tokens) -> torch.Tensor:
         """The prompt's ids on the device (int64 [T]) through a pinned staging buffer and one
         asynchronous copy. The buffer is reused once the previous prompt's copy has run."""
-        if isinstance(tokens, torch.Tensor) and tokens.device == self.device:
-            ids = tokens.reshape(-1).to(torch.int64)
+        if isinstance(tokens, torch.Tensor) and tokens.device.type != "cpu":
+            ids = tokens.reshape(-1).to(self.device, torch.int64)   # "cuda" vs "cuda:0": compare types
             self._check_prompt(ids.shape[0])
             return ids
         ids = tokens.reshape(-1).numpy() if isinstance(tokens, torch.Tensor) else tokens
