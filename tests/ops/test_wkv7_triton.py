@@ -181,6 +181,31 @@ def test_wkv7_triton_dispatch(kernel_device, T):
     check(fn, 2, T, 2, 16, kernel_device)
 
 
+@pytest.mark.parametrize("B,T,output", [(2, 100, "scan"), (1, 20, "scan"), (2, 5, "scan"), (2, 37, "parallel")])
+def test_wkv7_triton_slots_update_pool_rows_in_place(kernel_device, nan_poison, B, T, output):
+    """slots=: the pool's rows slots[b] are read and updated in place (the chunk scan addresses
+    them; T <= CROSSOVER and the three-kernel outputs gather / scatter), two chained calls,
+    the other rows untouched."""
+    import functools
+
+    from rwkvrt.ops.wkv7.triton_chunk import wkv7_chunk_triton
+    from rwkvrt.ops.wkv7.triton_dispatch import wkv7_triton
+    fn = wkv7_triton if output == "scan" else functools.partial(wkv7_chunk_triton, chunk_size=16, output=output)
+    xs, s0 = make_inputs(B, T, 2, 16, kernel_device)
+    pool = (torch.randn(5, 2, 16, 16, generator=torch.Generator().manual_seed(9)) * 0.3).to(kernel_device)
+    slots = torch.tensor([3, 0][:B], device=kernel_device)
+    pool[slots] = s0
+    before = pool.clone()
+    y_ref, s_ref = wkv7_reference(*(x.cpu() for x in xs), s0.cpu())
+    cut = T // 2
+    y1, p1 = fn(*(x[:, :cut].contiguous() for x in xs), pool, slots=slots)
+    y2, p2 = fn(*(x[:, cut:].contiguous() for x in xs), pool, slots=slots)
+    assert p1 is pool and p2 is pool, "the pool itself is updated and returned"
+    assert rel_err(torch.cat([y1, y2], dim=1), y_ref) < 1e-3 and rel_err(pool[slots], s_ref) < 1e-3
+    rest = [i for i in range(5) if i not in slots.tolist()]
+    assert torch.equal(pool[rest], before[rest])
+
+
 def test_wkv7_triton_dispatch_noncontiguous(kernel_device):
     from rwkvrt.ops.wkv7.triton_dispatch import wkv7_triton
     xs, s0 = make_inputs(1, 40, 2, 16, kernel_device)

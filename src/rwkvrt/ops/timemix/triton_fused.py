@@ -346,13 +346,18 @@ def _prefill(r, w, k, v, a, g, state, slots, params, fx: dict, wkv):
         BLOCK_T=PREFILL_BLOCK_T, N=N, num_warps=4)
     # the wkv convention has every input in the activation dtype, [B, T, H, N]
     heads = lambda t: t.to(r.dtype).reshape(B, T, H, N)  # noqa: E731
-    s_in = state if slots is None else state.index_select(0, slots)
-    y, s_out = wkv(heads(r), weff if has_w0 else heads(w), kp, veff if has_vres else heads(v), nkk, kka, s_in)
-    if slots is None:
+    ins = (heads(r), weff if has_w0 else heads(w), kp, veff if has_vres else heads(v), nkk, kka)
+    if slots is not None and getattr(wkv, "takes_slots", False):
+        # the recurrence reads and updates the pool rows itself (no gather / scatter copies)
+        y, s_out = wkv(*ins, state, slots=slots)
+        assert s_out is state, "a wkv that takes slots updates the pool in place"
+    elif slots is not None:
+        y, s_out = wkv(*ins, state.index_select(0, slots))
+        state.index_copy_(0, slots, s_out)
+    else:
+        y, s_out = wkv(*ins, state)
         if s_out is not state:
             state.copy_(s_out)
-    else:
-        state.index_copy_(0, slots, s_out)
     y = _unit_c(y.reshape(B, T, C))
     out = torch.empty((B, T, C), device=r.device, dtype=r.dtype)
     # the post-kernel recomputes sigmoid(a + a0) and the value residual in fp32 (as the step kernel)

@@ -16,6 +16,11 @@ signature and are interchangeable):
 
 Implementations may update ``state`` in place and return it; callers must use
 the returned tensor. RWKV-7 uses a = -kk, b = kk * a_lr (no scale factor).
+
+An implementation with the attribute ``takes_slots = True`` (the Triton one) also
+takes ``slots=`` (int64 [B], distinct rows): ``state`` is then an fp32 pool
+[S, H, N, N] whose rows slots[b] are read and updated in place, and the pool is
+returned. Callers gather / scatter the rows themselves for the others.
 """
 from __future__ import annotations
 

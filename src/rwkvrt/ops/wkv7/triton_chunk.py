@@ -212,11 +212,12 @@ def _scan_step(c, S, pid_bh, b_idx, h_idx, tt, nn, rows, q_ptr, yc_ptr, m_ptr, e
 
 
 @triton.jit(do_not_specialize=_NO_SPEC)
-def wkv7_chunk_scan_kernel(q_ptr, yc_ptr, m_ptr, e_ptr, s_ptr, y_ptr, T, NC, H,
+def wkv7_chunk_scan_kernel(q_ptr, yc_ptr, m_ptr, e_ptr, s_ptr, slots_ptr, y_ptr, T, NC, H,
                            N: tl.constexpr, C: tl.constexpr,
                            BLOCK_V: tl.constexpr, PREC: tl.constexpr,
-                           INTERP: tl.constexpr, STAGES: tl.constexpr):
-    """Grid (N // BLOCK_V, B*H). Reads the prep scratch; writes y [B, T, H, N]; state in place."""
+                           INTERP: tl.constexpr, STAGES: tl.constexpr, HAS_SLOTS: tl.constexpr = False):
+    """Grid (N // BLOCK_V, B*H). Reads the prep scratch; writes y [B, T, H, N]; state in place
+    (HAS_SLOTS: batch row b's state is row slots[b] of the pool)."""
     pid_v = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
     b_idx = pid_bh // H
@@ -225,7 +226,11 @@ def wkv7_chunk_scan_kernel(q_ptr, yc_ptr, m_ptr, e_ptr, s_ptr, y_ptr, T, NC, H,
     nn = tl.arange(0, N)
     rows = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)   # value rows of this program
 
-    s_ptrs = s_ptr + pid_bh * N * N + rows[:, None] * N + nn[None, :]
+    if HAS_SLOTS:
+        s_row = tl.load(slots_ptr + b_idx).to(tl.int64) * H + h_idx
+    else:
+        s_row = pid_bh
+    s_ptrs = s_ptr + s_row * N * N + rows[:, None] * N + nn[None, :]
     S = tl.load(s_ptrs)                              # [BLOCK_V, K] fp32
     if INTERP:
         # the Triton 3.6 interpreter cannot range() over a runtime scalar under numpy 2
@@ -354,7 +359,8 @@ def wkv7_chunk_triton(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torc
                       chunk_size: int = CHUNK, block_v: int | None = None,
                       precision: str | None = None, prep_warps: int = 8,
                       scan_warps: int = 4, scan_stages: int = 2, inverse: str = "loop",
-                      output: str = "scan") -> tuple[torch.Tensor, torch.Tensor]:
+                      output: str = "scan", slots: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunkwise WKV7 on the GPU (or the Triton interpreter).
 
     r, w, k, v, a, b : [B, T, H, N] contiguous, same dtype (fp32 / fp16 / bf16); w raw logit.
@@ -369,6 +375,10 @@ def wkv7_chunk_triton(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torc
     output           : "scan" (Y inside the scan, two kernels), "parallel" (states-only
                        scan, then a parallel output kernel: three kernels) or "pairs"
                        ("parallel" whose scan steps two chunks per serial product).
+    slots            : None, or int64 [B] on the device (distinct): ``state`` is then a pool
+                       [S, H, N, N] and batch row b reads and updates row slots[b] in place
+                       (output="scan" reads it in the kernel; the other outputs gather and
+                       scatter the rows around the call).
     Returns y [B, T, H, N] in r's dtype and ``state``. Allocates fp32 scratch of
     2*B*H*(T_pad*N + NC*N*N) values (plus B*H*NC*N*N for output="parallel"); no host
     syncs (CUDA-graph capturable for fixed T).
@@ -376,7 +386,13 @@ def wkv7_chunk_triton(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torc
     B, T, H, N = r.shape
     assert chunk_size in (16, 32, 64), "chunk_size must be 16, 32 or 64"
     assert inverse in INVERSES and output in OUTPUTS, (inverse, output)
-    check_layout(r, w, k, v, a, b, state)
+    if slots is not None and output != "scan":
+        s_rows = state.index_select(0, slots)
+        y, s_rows = wkv7_chunk_triton(r, w, k, v, a, b, s_rows, chunk_size=chunk_size, block_v=block_v,
+                                      precision=precision, prep_warps=prep_warps, scan_warps=scan_warps,
+                                      scan_stages=scan_stages, inverse=inverse, output=output)
+        return y, state.index_copy_(0, slots, s_rows)
+    check_layout(r, w, k, v, a, b, state, slots)
     y = torch.empty_like(r)
     if T == 0 or B == 0:
         return y, state
@@ -397,9 +413,10 @@ def wkv7_chunk_triton(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torc
     if output == "scan":
         wkv7_chunk_prep_kernel[(NC, B * H)](r, w, k, v, a, b, q, yc, m, e, T, NC, H, **meta,
                                              num_warps=prep_warps)
-        wkv7_chunk_scan_kernel[(N // bv, B * H)](q, yc, m, e, state, y, T, NC, H, N=N, C=C,
-                                                  BLOCK_V=bv, PREC=prec, INTERP=_INTERP,
-                                                  STAGES=scan_stages, num_warps=scan_warps)
+        wkv7_chunk_scan_kernel[(N // bv, B * H)](q, yc, m, e, state, state if slots is None else slots, y,
+                                                  T, NC, H, N=N, C=C, BLOCK_V=bv, PREC=prec, INTERP=_INTERP,
+                                                  STAGES=scan_stages, HAS_SLOTS=slots is not None,
+                                                  num_warps=scan_warps)
         return y, state
     st = torch.empty_like(m)
     wkv7_chunk_wu_kernel[(NC, B * H)](w, k, v, a, b, q, yc, m, e, T, NC, H, **meta,

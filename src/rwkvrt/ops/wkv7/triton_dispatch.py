@@ -23,7 +23,7 @@ CHUNK_OPTS = dict(inverse="doubling", output="scan", prep_warps=4, block_v=16)
 
 
 def wkv7_triton(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                a: torch.Tensor, b: torch.Tensor, state: torch.Tensor
+                a: torch.Tensor, b: torch.Tensor, state: torch.Tensor, *, slots: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """WKV7 with Triton kernels.
 
@@ -31,10 +31,18 @@ def wkv7_triton(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tens
     state            : [B, H, N, N] float32, layout [batch, head, value, key]. Updated IN
                        PLACE when it is fp32 and contiguous (the usual case, keeping its
                        address stable for CUDA graphs); otherwise a fp32 copy is updated.
+    slots            : None, or int64 [B] on the device (distinct rows): ``state`` is then an
+                       fp32 contiguous pool [S, H, N, N] whose rows slots[b] are read and updated
+                       in place (the chunked kernels address them directly: no gather / scatter
+                       copies of the rows; the returned state is the pool).
     Returns y [B, T, H, N] in r's dtype and the final state (use the returned tensor).
     N must be a power of 2 >= 16 (RWKV-7 uses 64); other N go to the torch chunked path.
     """
     B, T, H, N = r.shape
+    if slots is not None and (T <= CROSSOVER or N < 16 or N & (N - 1) or state.dtype != torch.float32
+                              or not state.is_contiguous()):
+        y, rows = wkv7_triton(r, w, k, v, a, b, state.index_select(0, slots))
+        return y, state.index_copy_(0, slots, rows.to(state.dtype))
     if N < 16 or N & (N - 1):
         from .torch_chunked import wkv7_torch_chunked
         return wkv7_torch_chunked(r, w, k, v, a, b, state)
@@ -44,4 +52,7 @@ def wkv7_triton(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tens
     if T <= CROSSOVER:
         return wkv7_recurrent_triton(r, w, k, v, a, b, state)
     return wkv7_chunk_triton(r, w, k, v, a, b, state, chunk_size=16 if B * T <= SMALL_TOKENS else 64,
-                             **CHUNK_OPTS)
+                             slots=slots, **CHUNK_OPTS)
+
+
+wkv7_triton.takes_slots = True   # ``rwkvrt.ops.timemix`` passes the pool and slots instead of gathering rows

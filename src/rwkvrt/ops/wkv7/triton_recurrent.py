@@ -80,10 +80,15 @@ def wkv7_recurrent_fwd_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, s_ptr, y
     tl.store(s_ptrs, S)
 
 
-def check_layout(r, w, k, v, a, b, state) -> None:
-    """Internal invariants the Triton wkv7 wrappers need (the dispatcher makes inputs contiguous)."""
+def check_layout(r, w, k, v, a, b, state, slots=None) -> None:
+    """Internal invariants the Triton wkv7 wrappers need (the dispatcher makes inputs contiguous);
+    with ``slots`` ([B] int64), ``state`` is a pool [S, H, N, N]."""
     B, T, H, N = r.shape
-    assert state.dtype == torch.float32 and state.is_contiguous() and state.shape == (B, H, N, N)
+    assert state.dtype == torch.float32 and state.is_contiguous()
+    if slots is None:
+        assert state.shape == (B, H, N, N)
+    else:
+        assert state.shape[1:] == (H, N, N) and slots.shape == (B,) and slots.dtype == torch.int64
     assert all(x.is_contiguous() and x.shape == r.shape for x in (r, w, k, v, a, b))
     assert N >= 16 and (N & (N - 1)) == 0, "N must be a power of 2 >= 16"
 
