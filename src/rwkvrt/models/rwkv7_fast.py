@@ -15,6 +15,10 @@ Decode of 1..decode_max_batch sequences (T = 1, ``_decode``) is 7 launches per l
     sparse_rows_gemv  FFN value, skipping the weight rows the zeros of relu^2 multiply
                     (``ffn_sparse``; a plain gemv when off)
 
+With ``ln_fused`` (default up to n_embd 2048) each add_ln_lerp + gemv pair is one ``ln_gemv``
+launch (the LayerNorm and lerps made inside the product's programs): 5 launches per layer;
+each site's new token-shift rows are copied into their pool by the next site's launch.
+
 Prefill and larger batches (``_forward``), 12 launches per layer plus the wkv kernels:
 
     add_ln_lerp   residual add (previous FFN) + ln1 + six token-shift lerps + att_x state write

@@ -3,7 +3,8 @@
 At batch 1 a layer's cost is its weight bytes plus, per launch, a few microseconds of
 latency that no bandwidth hides. These ops cut a layer to seven launches
 (add_ln_lerp, ``grouped_gemv`` for r/k/v and the four LoRA down-projections with their
-activations, ``tmix_lora_step``, Wo, add_ln_lerp, ffn key with relu^2, ffn value).
+activations, ``tmix_lora_step``, Wo, add_ln_lerp, ffn key with relu^2, ffn value), or five
+with ``ln_gemv`` (each add_ln_lerp made inside the product that consumes it).
 
     out = grouped_gemv(xs, W, groups, out)
 
