@@ -186,6 +186,8 @@ class _NativeEngine(_Engine):
                 path += "+ffn-sparse"
             if fast.layer_fused:
                 path += "+decode-layer"
+            elif fast.ln_fused:
+                path += "+ln-gemv"
         else:
             from .model import Model
 
