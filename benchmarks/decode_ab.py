@@ -12,7 +12,6 @@ Variants (comma separated; default: all that apply):
   pdl_on_except_K[+K2]    PDL on except for the kernel kinds K (gemv, ln, tmix)
   dch64 / dch128          decode with the time-mix kernel's LoRA-up tile at 64 / 128 rank columns
   tmix_w4 / tmix_w16      decode with the time-mix kernel at 4 / 16 warps
-  tmix_spf / tmix_nospf   decode with / without the time-mix kernel's L2 prefetch of its state rows
   ln_on / ln_off          decode with ln_fused on / off (LayerNorm + lerps inside the next product)
   ln[_bnN][_bkK][_stS][_nwW]  ln_fused on with N rows per ln_gemv program, K-tiles of K columns,
               S stages, W warps
@@ -53,8 +52,6 @@ from rwkvrt.ops.decode import triton_tmix_lora as tmix_mod
 ALL = ["decode", "ln_off", "ln_on", "ln_bn8", "ln_bn16", "ln_st2", "step", "decode_stop", "gpu", "pdl_off", "pdl_on", "pdl_on_except_gemv", "pdl_on_except_ln+tmix",
        "dch64", "dch128", "tmix_w4", "tmix_w16", "ffn_noskip", "ffn_dense", "pp512",
        "pp512_dense", "layer", "layer_c2", "layer_c4"]
-
-SPF_DEFAULT = tmix_mod.STATE_PREFETCH
 
 
 def timed(fn, reps: int) -> float:
@@ -105,8 +102,6 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
                     gemv_mod.LN_NUM_WARPS = val
         elif v.startswith("dch"):
             tmix_mod.DCH = int(v[3:])
-        elif v in ("tmix_spf", "tmix_nospf"):
-            tmix_mod.STATE_PREFETCH = v == "tmix_spf"
         elif v.startswith("tmix_w"):
             tmix_mod.NUM_WARPS = int(v[6:])
         elif v.startswith("layer"):
@@ -175,7 +170,6 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
          gemv_mod.LN_BLOCK_K, gemv_mod.LN_NUM_WARPS) = saved
         m.set_ln_fused(ln)
         sparse_mod.SKIP = True
-        tmix_mod.STATE_PREFETCH = SPF_DEFAULT
         if m.ffn_sparse:
             for p in m.layers:
                 p.ffn_value = None

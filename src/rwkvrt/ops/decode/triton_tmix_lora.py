@@ -29,9 +29,6 @@ DCH = 32       # LoRA rank columns per tile step (LoRA ranks are multiples of 32
 # 32 (H100 decode b1, two runs each: 1.5B +1.8% / +1.7%, 7.2B +0.8% / +1.0%; 0.1B mixed, kept 8).
 # A 128-column LoRA tile was ~+1% at 7.2B but spills (1.2 KB at 8 warps, sm_90 ptxas): kept 32.
 NUM_WARPS: int | None = None
-# with PDL, prefetch the head's fp32 state rows into L2 before waiting for the previous kernel
-# (A/B knob; H100 decode b1 with -> without: 1.5B 683 -> 687, 0.1B 2,857 -> 2,854: no gain, off)
-STATE_PREFETCH = False
 
 
 @triton.jit
@@ -58,8 +55,7 @@ def tmix_lora_step_kernel(rkvh_ptr, state_ptr, slots_ptr, out_ptr, vf_ptr,
                           OFF_V: tl.constexpr, DW: tl.constexpr, DA: tl.constexpr, DG: tl.constexpr,
                           DV: tl.constexpr, DCH: tl.constexpr, H: tl.constexpr, N: tl.constexpr,
                           HAS_VRES: tl.constexpr, USE_PDL: tl.constexpr = False,
-                          UP_LINES: tl.constexpr = 1, LINE_ELEMS: tl.constexpr = 64,
-                          STATE_PF: tl.constexpr = False):
+                          UP_LINES: tl.constexpr = 1, LINE_ELEMS: tl.constexpr = 64):
     """Grid (B*H,). rkvh [B, 3C + sum D] rows of stride s_rb; state [S, H, N, N] fp32 in place.
     USE_PDL: prefetch this head's rows of the four up weights, then wait for the previous kernel."""
     pid = tl.program_id(0)
@@ -73,13 +69,9 @@ def tmix_lora_step_kernel(rkvh_ptr, state_ptr, slots_ptr, out_ptr, vf_ptr,
         prefetch_rows(upa_ptr, ch, s_up, C, UP_LINES, LINE_ELEMS)
         prefetch_rows(upg_ptr, ch, s_up, C, UP_LINES, LINE_ELEMS)
         prefetch_rows(upv_ptr, ch, s_up, C, UP_LINES, LINE_ELEMS)
-    b = (pid // H).to(tl.int64)
-    # slots are written before the step's first kernel (complete by now, whatever PDL overlaps)
-    slot = tl.load(slots_ptr + b).to(tl.int64)
-    if USE_PDL and STATE_PF:
-        # the head's state rows (HBM: the weight stream evicts them between steps) into L2
-        prefetch_rows(state_ptr + (slot * H + h) * (N * N), i, N, N, N // 32, 32)   # fp32: 32 per 128 B line
     wait_prev(USE_PDL)
+    b = (pid // H).to(tl.int64)
+    slot = tl.load(slots_ptr + b).to(tl.int64)
     row = rkvh_ptr + b * s_rb
     s_ptrs = state_ptr + (slot * H + h) * (N * N) + i[:, None] * N + j[None, :]
     S = tl.load(s_ptrs)
@@ -133,6 +125,6 @@ def tmix_lora_step_triton(rkvh, state, slots, *, lora, up, w0, a0, v0, v_first, 
         rkvh, state, slots, out, vf, *ups, s_up, w0, a0, v0 if has_v else w0, k_k, k_a, r_k, ln_w, ln_b,
         rkvh.stride(0), vf.stride(0), out.stride(0), DECAY_SCALE, GROUP_NORM_EPS, L2_EPS,
         OFF_W=ow, OFF_A=oa, OFF_G=og, OFF_V=ov, DW=dw, DA=da, DG=dg, DV=dv, DCH=DCH, H=H, N=N,
-        HAS_VRES=has_v, USE_PDL=pdl, UP_LINES=up_lines, LINE_ELEMS=line, STATE_PF=STATE_PREFETCH,
+        HAS_VRES=has_v, USE_PDL=pdl, UP_LINES=up_lines, LINE_ELEMS=line,
         num_warps=num_warps or NUM_WARPS or (4 if H >= 32 else 8), launch_pdl=pdl)
     return out
