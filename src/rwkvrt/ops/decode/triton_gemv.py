@@ -139,6 +139,52 @@ def grouped_gemv_triton(xs: torch.Tensor, W: torch.Tensor, groups: RowGroups, ou
 
 
 @triton.jit
+def _ln_rows(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, slots_ptr, xn_ptr, psrc_ptr, pdst_ptr, pslots_ptr,
+             m, mmask, sxm, srm, snm, sxn, sps, spd, eps, FIRST, K: tl.constexpr, K_PAD: tl.constexpr,
+             HAS_PENDING: tl.constexpr):
+    """ln_gemv's prologue for the rows m (mmask): (slot [M_PAD] int64, mean, rstd [M_PAD]) of
+    h = res + x (rounded to new_res's dtype). FIRST (one program of the launch): also store h
+    into new_res, LayerNorm(h) into xn_out, and do the pending copy."""
+    ty = x_ptr.dtype.element_ty
+    rty = newres_ptr.dtype.element_ty
+    slot = tl.load(slots_ptr + m, mask=mmask, other=0).to(tl.int64)
+    cc = tl.arange(0, K_PAD)
+    rmask = mmask[:, None] & (cc < K)[None, :]
+    h = tl.load(res_ptr + m[:, None] * srm + cc[None, :], mask=rmask, other=0.0).to(tl.float32)
+    h = (h + tl.load(x_ptr + m[:, None] * sxm + cc[None, :], mask=rmask, other=0.0).to(tl.float32)).to(rty)
+    h = h.to(tl.float32)
+    mean = tl.sum(h, axis=1) / K
+    d = tl.where(rmask, h - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=1) / K + eps)
+    if FIRST:
+        tl.store(newres_ptr + m[:, None] * snm + cc[None, :], h, mask=rmask)
+        lw = tl.load(lnw_ptr + cc, mask=cc < K, other=0.0).to(tl.float32)
+        lb = tl.load(lnb_ptr + cc, mask=cc < K, other=0.0).to(tl.float32)
+        tl.store(xn_ptr + m[:, None] * sxn + cc[None, :], (d * rstd[:, None] * lw[None, :] + lb[None, :]).to(ty),
+                 mask=rmask)
+        if HAS_PENDING:
+            pslot = tl.load(pslots_ptr + m, mask=mmask, other=0).to(tl.int64)
+            pend = tl.load(psrc_ptr + m[:, None] * sps + cc[None, :], mask=rmask, other=0.0)
+            tl.store(pdst_ptr + pslot[:, None] * spd + cc[None, :], pend.to(pdst_ptr.dtype.element_ty), mask=rmask)
+    return slot, mean, rstd
+
+
+@triton.jit
+def _ln_lerp_tile(k, m, mm, slot, mean, rstd, x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, prev_ptr, mix_row,
+                  sxm, srm, spb):
+    """fp32 [M_PAD, len(k)]: the lerped input columns k, rounded as add_ln_lerp stores them."""
+    ty = x_ptr.dtype.element_ty
+    ht = tl.load(res_ptr + m[:, None] * srm + k[None, :], mask=mm, other=0.0).to(tl.float32)
+    ht = (ht + tl.load(x_ptr + m[:, None] * sxm + k[None, :], mask=mm, other=0.0).to(tl.float32))
+    ht = ht.to(newres_ptr.dtype.element_ty).to(tl.float32)
+    xn = (ht - mean[:, None]) * rstd[:, None] * tl.load(lnw_ptr + k).to(tl.float32)[None, :]
+    xn = (xn + tl.load(lnb_ptr + k).to(tl.float32)[None, :]).to(ty).to(tl.float32)
+    sh = tl.load(prev_ptr + slot[:, None] * spb + k[None, :], mask=mm, other=0.0).to(ty).to(tl.float32)
+    mix = tl.load(mix_row + k).to(tl.float32)
+    return (xn + (sh - xn) * mix[None, :]).to(ty).to(tl.float32)
+
+
+@triton.jit
 def ln_gemv_kernel(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, prev_ptr, slots_ptr, mix_ptr, xn_ptr,
                    psrc_ptr, pdst_ptr, pslots_ptr, w_ptr, out_ptr, xrow_ptr, act_ptr,
                    M, N, sxm, srm, snm, spb, smix, sxn, sps, spd, som, eps,
@@ -157,31 +203,13 @@ def ln_gemv_kernel(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, prev_ptr, slots
     if USE_PDL and PF_LINES > 0:
         prefetch_rows(w_ptr, n, K, N, PF_LINES, LINE_ELEMS)
     wait_prev(USE_PDL)
-    ty = x_ptr.dtype.element_ty
-    rty = newres_ptr.dtype.element_ty
     m = tl.arange(0, M_PAD)
     mmask = m < M
     mm = mmask[:, None]
-    slot = tl.load(slots_ptr + m, mask=mmask, other=0).to(tl.int64)
-    cc = tl.arange(0, K_PAD)
-    rmask = mm & (cc < K)[None, :]
-    h = tl.load(res_ptr + m[:, None] * srm + cc[None, :], mask=rmask, other=0.0).to(tl.float32)
-    h = (h + tl.load(x_ptr + m[:, None] * sxm + cc[None, :], mask=rmask, other=0.0).to(tl.float32)).to(rty)
-    h = h.to(tl.float32)
-    mean = tl.sum(h, axis=1) / K
-    d = tl.where(rmask, h - mean[:, None], 0.0)
-    rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=1) / K + eps)
-    if pid == 0:
-        tl.store(newres_ptr + m[:, None] * snm + cc[None, :], h, mask=rmask)
-        lw = tl.load(lnw_ptr + cc, mask=cc < K, other=0.0).to(tl.float32)
-        lb = tl.load(lnb_ptr + cc, mask=cc < K, other=0.0).to(tl.float32)
-        tl.store(xn_ptr + m[:, None] * sxn + cc[None, :], (d * rstd[:, None] * lw[None, :] + lb[None, :]).to(ty),
-                 mask=rmask)
-        if HAS_PENDING:
-            pslot = tl.load(pslots_ptr + m, mask=mmask, other=0).to(tl.int64)
-            pend = tl.load(psrc_ptr + m[:, None] * sps + cc[None, :], mask=rmask, other=0.0)
-            tl.store(pdst_ptr + pslot[:, None] * spd + cc[None, :], pend.to(pdst_ptr.dtype.element_ty), mask=rmask)
-    xrow = tl.load(xrow_ptr + pid).to(tl.int64)
+    slot, mean, rstd = _ln_rows(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, slots_ptr, xn_ptr, psrc_ptr, pdst_ptr,
+                                pslots_ptr, m, mmask, sxm, srm, snm, sxn, sps, spd, eps, pid == 0, K, K_PAD,
+                                HAS_PENDING)
+    mix_row = mix_ptr + tl.load(xrow_ptr + pid).to(tl.int64) * smix
     kk = tl.arange(0, BLOCK_K)
     w_ptrs = w_ptr + n.to(tl.int64)[:, None] * K + kk[None, :]
     acc = tl.zeros([M_PAD, BLOCK_N, BLOCK_K], dtype=tl.float32)
@@ -190,14 +218,8 @@ def ln_gemv_kernel(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, prev_ptr, slots
             w = tl.load(w_ptrs)
         else:
             w = tl.load(w_ptrs, mask=(n < N)[:, None], other=0.0)
-        k = k0 + kk
-        ht = tl.load(res_ptr + m[:, None] * srm + k[None, :], mask=mm, other=0.0).to(tl.float32)
-        ht = (ht + tl.load(x_ptr + m[:, None] * sxm + k[None, :], mask=mm, other=0.0).to(tl.float32)).to(rty)
-        xn = (ht.to(tl.float32) - mean[:, None]) * rstd[:, None] * tl.load(lnw_ptr + k).to(tl.float32)[None, :]
-        xn = (xn + tl.load(lnb_ptr + k).to(tl.float32)[None, :]).to(ty).to(tl.float32)
-        sh = tl.load(prev_ptr + slot[:, None] * spb + k[None, :], mask=mm, other=0.0).to(ty).to(tl.float32)
-        mix = tl.load(mix_ptr + xrow * smix + k).to(tl.float32)
-        xin = (xn + (sh - xn) * mix[None, :]).to(ty).to(tl.float32)
+        xin = _ln_lerp_tile(k0 + kk, m, mm, slot, mean, rstd, x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr,
+                            prev_ptr, mix_row, sxm, srm, spb)
         acc += w.to(tl.float32)[None, :, :] * xin[:, None, :]
         w_ptrs += BLOCK_K
     _act_store(tl.sum(acc, axis=2), act_ptr, out_ptr, pid, m, n, mm, N, som, HAS_ACT)
