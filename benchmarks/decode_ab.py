@@ -13,6 +13,7 @@ Variants (comma separated; default: all that apply):
   dch64 / dch128          decode with the time-mix kernel's LoRA-up tile at 64 / 128 rank columns
   tmix_w4 / tmix_w16      decode with the time-mix kernel at 4 / 16 warps
   ln_on / ln_off          decode with ln_fused on / off (LayerNorm + lerps inside the next product)
+  ffn_fused   decode with each layer's FFN as one ffn_fused launch (batch 1; needs ffn_sparse)
   ln[_bnN][_bkK][_stS][_nwW]  ln_fused on with N rows per ln_gemv program, K-tiles of K columns,
               S stages, W warps
   ffn_noskip  decode with the sparse FFN value op loading every row (same tiles: its dense rate)
@@ -49,7 +50,7 @@ from rwkvrt.ops.decode import triton_layer as layer_mod
 from rwkvrt.ops.decode import triton_sparse as sparse_mod
 from rwkvrt.ops.decode import triton_tmix_lora as tmix_mod
 
-ALL = ["decode", "ln_off", "ln_on", "ln_bn8", "ln_bn16", "ln_st2", "step", "decode_stop", "gpu", "pdl_off", "pdl_on", "pdl_on_except_gemv", "pdl_on_except_ln+tmix",
+ALL = ["decode", "ffn_fused", "ln_off", "ln_on", "ln_bn8", "ln_bn16", "ln_st2", "step", "decode_stop", "gpu", "pdl_off", "pdl_on", "pdl_on_except_gemv", "pdl_on_except_ln+tmix",
        "dch64", "dch128", "tmix_w4", "tmix_w16", "ffn_noskip", "ffn_dense", "pp512",
        "pp512_dense", "layer", "layer_c2", "layer_c4"]
 
@@ -70,7 +71,7 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
     restored around it)."""
     saved = (m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS, m.ffn_sparse, m.layer_fused, layer_mod.MAXNREG, layer_mod.SLAB,
              layer_mod.NCH, layer_mod.TICKET, layer_mod.UP_PREFETCH, m.ln_fused, gemv_mod.LN_BLOCK_N, gemv_mod.LN_STAGES,
-             gemv_mod.LN_BLOCK_K, gemv_mod.LN_NUM_WARPS)
+             gemv_mod.LN_BLOCK_K, gemv_mod.LN_NUM_WARPS, m.ffn_fused)
     off_kinds = set(_pdl.OFF_KINDS)
     try:
         if v == "ffn_noskip":
@@ -86,6 +87,10 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
             m.pdl = False
         elif v == "pdl_on":
             m.pdl = True
+        elif v == "ffn_fused":
+            m.set_ffn_fused(True)
+            if not m.ffn_fused:
+                raise RuntimeError("ffn_fused needs ln_fused and ffn_sparse (n_embd >= 2048 or RWKVRT_FFN_SPARSE=1)")
         elif v in ("ln_on", "ln_off"):
             m.set_ln_fused(v == "ln_on")
         elif v.startswith("ln_"):
@@ -167,8 +172,9 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
     finally:
         (m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS, m.ffn_sparse, m.layer_fused, layer_mod.MAXNREG, layer_mod.SLAB,
          layer_mod.NCH, layer_mod.TICKET, layer_mod.UP_PREFETCH, ln, gemv_mod.LN_BLOCK_N, gemv_mod.LN_STAGES,
-         gemv_mod.LN_BLOCK_K, gemv_mod.LN_NUM_WARPS) = saved
+         gemv_mod.LN_BLOCK_K, gemv_mod.LN_NUM_WARPS, ffn) = saved
         m.set_ln_fused(ln)
+        m.set_ffn_fused(ffn)
         sparse_mod.SKIP = True
         if m.ffn_sparse:
             for p in m.layers:

@@ -210,7 +210,7 @@ def test_gpu_fold_lora_act_fp16_accuracy():
     assert d <= 0.05 and agree >= 0.995
 
 
-def _decode_fused_vs_plain(device, backend, sparse=None, layer=False, ln=None):
+def _decode_fused_vs_plain(device, backend, sparse=None, layer=False, ln=None, ffn=False):
     """Single-token steps through the decode ops == through the general path (chained, B 1 and 3, slots).
     sparse: the fused model's ffn_sparse (B 1 through the sparse op, B 3 through cuBLAS on the
     transposed layout); the plain model keeps W_value as is. layer: the fused model runs each
@@ -220,10 +220,11 @@ def _decode_fused_vs_plain(device, backend, sparse=None, layer=False, ln=None):
     sd = random_state_dict(cfg, seed=11)
     plain = RWKV7Fast(cfg, sd, device=device, dtype=torch.float32, backend=backend, decode_fused=False)
     fused = RWKV7Fast(cfg, sd, device=device, dtype=torch.float32, backend=backend, decode_fused=True,
-                      decode_max_batch=4, ffn_sparse=sparse, layer_fused=layer, ln_fused=ln)
+                      decode_max_batch=4, ffn_sparse=sparse, layer_fused=layer, ln_fused=ln, ffn_fused=ffn)
     assert not plain.ffn_sparse and plain.layers[0].ffn_value_t is None and not plain.layer_fused
     assert fused.ffn_sparse == bool(sparse) and fused.layer_fused == layer
     assert ln is None or fused.ln_fused == (ln and not layer)
+    assert fused.ffn_fused == (ffn and fused.ln_fused and fused.ffn_sparse)
     assert (fused.layers[0].ffn_value is None) == fused.ffn_sparse  # one layout kept, never both
     g = torch.Generator().manual_seed(5)
     for B in (1, 3):
@@ -246,6 +247,15 @@ def _decode_fused_vs_plain(device, backend, sparse=None, layer=False, ln=None):
 @pytest.mark.parametrize("ln", [True, False])
 def test_fast_decode_fused_reference_ops_match_general_path(sparse, ln):
     _decode_fused_vs_plain("cpu", "reference", sparse, ln=ln)
+
+
+def test_fast_decode_ffn_fused_reference_matches_general_path():
+    _decode_fused_vs_plain("cpu", "reference", True, ln=True, ffn=True)
+
+
+@pytest.mark.gpu
+def test_fast_decode_ffn_fused_triton_matches_general_path(kernel_device):
+    _decode_fused_vs_plain(kernel_device, "triton", True, ln=True, ffn=True)
 
 
 def test_fast_decode_layer_reference_matches_general_path():

@@ -112,6 +112,56 @@ def test_ln_gemv_matches_reference_chained(kernel_device, M, dtype, K, block_n):
         res = new_res
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("C,rows", [(256, None), (512, 32)])
+def test_ffn_fused_matches_reference_chained(kernel_device, dtype, C, rows):
+    """ffn_fused == ln_gemv (relu^2 key rows) + sparse_rows_gemv references over 3 chained calls
+    with the pending copy, outputs poisoned, res / x_prev not mutated, the counters back at 0
+    (so the next call reduces again); about half the hidden rows are zero, and one program's
+    rows are all zero (its value rows never read)."""
+    tf = pytest.importorskip("rwkvrt.ops.decode.triton_ffn")
+    from rwkvrt.ops.decode import ffn_fused_reference
+    gen = torch.Generator().manual_seed(C)
+    dev, F = kernel_device, 4 * C
+    rnd = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    Wk = (rnd(F, C) / C ** 0.5)
+    Wk[:32] = 0   # h = 0 on these rows: a whole program's rows (R <= 32) are skipped
+    Wk, WvT = Wk.to(dev, dtype), (rnd(F, C) / F ** 0.5).to(dev, dtype)
+    mix = torch.rand(1, C, generator=gen).to(dev, dtype)
+    ln_w, ln_b = (1 + 0.2 * rnd(C)).abs().to(dev), (0.1 * rnd(C)).to(dev)
+    slots = torch.tensor([2], device=dev)
+    pools0 = [rnd(4, C).to(dev, dtype) for _ in range(2)]
+    ref_pools, pools = [p.clone() for p in pools0], [p.clone() for p in pools0]
+    scratch = tf.FfnScratch(F, C, dev, rows=rows)
+    res = (3 * rnd(1, C) + 1).to(dev)
+    nan = lambda dt=dtype: torch.full((1, C), float("nan"), device=dev, dtype=dt)  # noqa: E731
+    ref_pend = pend = None
+    for step in range(3):
+        x = rnd(1, C).to(dev, dtype)
+        cur = step % 2
+        ref = ffn_fused_reference(x, res, ln_w, ln_b, ref_pools[cur], slots, mix, Wk, WvT, nan(), nan(torch.float32),
+                                  nan(), ref_pend, None, eps=1e-5)
+        before = (res.clone(), pools[cur].clone())
+        out, new_res, xn = tf.ffn_fused_triton(x, res, ln_w, ln_b, pools[cur], slots, mix, Wk, WvT, nan(),
+                                               nan(torch.float32), nan(), pend, scratch, eps=1e-5)
+        assert torch.equal(res, before[0]) and torch.equal(pools[cur], before[1])
+        assert torch.equal(new_res, ref[1]) and torch.allclose(xn.float(), ref[2].float(), atol=2e-3)
+        assert torch.isfinite(out).all() and rel_err(out, ref[0]) < (1e-5 if dtype == torch.float32 else 5e-3)
+        assert int(scratch.count.abs().sum()) == 0, "every column tile's counter is back at zero"
+        for a, b in zip(pools, ref_pools):
+            assert torch.allclose(a.float(), b.float(), atol=2e-3)
+        ref_pend, pend = (ref[2], ref_pools[cur], slots), (xn, pools[cur], slots)
+        res = new_res
+
+
+def test_ffn_fused_plan():
+    tf = pytest.importorskip("rwkvrt.ops.decode.triton_ffn")
+    assert tf.plan(8192) == 64 and tf.plan(3072) == 16 and tf.plan(16384) == 64 and tf.plan(1024, 32) == 32
+    with pytest.raises(ValueError):
+        tf.plan(1024, 24)
+
+
 def _lora_case(B, H, N, has_v, dtype, device, seed=0):
     gen = torch.Generator().manual_seed(seed)
     C = H * N

@@ -138,6 +138,9 @@ class RWKV7Fast:
     ln_fused: in the decode ops, each LayerNorm + token-shift lerps (ln1, ln2) is computed
         inside the programs of the product that consumes it (``ln_gemv``): 5 launches per layer
         instead of 7. None = RWKVRT_LN_FUSED (0 / 1), default on up to n_embd LN_FUSED_MAX_EMBD.
+    ffn_fused: batch-1 decode runs each layer's FFN (ln2, key, relu^2, the value rows that the
+        zeros leave) as one ``ffn_fused`` launch: 4 launches per layer. Needs ln_fused and
+        ffn_sparse (else off). None = RWKVRT_FFN_FUSED (0 / 1), default off: not yet measured.
     ffn_sparse: in the decode ops at batch 1, the FFN value product skips the rows of its weight
         that the relu^2 activations multiply by zero (``sparse_rows_gemv``; the weight is then
         kept transposed, [4C, C], for every path: no second copy; 2..decode_max_batch rows use
@@ -152,7 +155,7 @@ class RWKV7Fast:
                  dtype: torch.dtype = torch.float16, backend: str = "auto", rkv_bmm: bool = True,
                  prefill_chunk: int = 2048, fold_lora_act: bool = False,
                  decode_fused: bool | None = None, decode_max_batch: int = 4, ffn_sparse: bool | None = None,
-                 layer_fused: bool | None = None, ln_fused: bool | None = None):
+                 layer_fused: bool | None = None, ln_fused: bool | None = None, ffn_fused: bool | None = None):
         self.cfg, self.device, self.dtype = cfg, torch.device(device), dtype
         self.backend, self.rkv_bmm, self.prefill_chunk = backend, rkv_bmm, int(prefill_chunk)
         self.fold_lora_act = fold_lora_act
@@ -188,6 +191,9 @@ class RWKV7Fast:
             env = os.environ.get("RWKVRT_LN_FUSED", "auto")
             ln_fused = env == "1" or (env != "0" and cfg.n_embd <= LN_FUSED_MAX_EMBD)
         self.set_ln_fused(bool(ln_fused) and self.decode_fused and not self.layer_fused)
+        if ffn_fused is None:
+            ffn_fused = os.environ.get("RWKVRT_FFN_FUSED", "0") == "1"
+        self.set_ffn_fused(bool(ffn_fused))
         C = cfg.n_embd
         with torch.no_grad():
             f32 = lambda n: sd[n].to(self.device, torch.float32)  # noqa: E731
@@ -206,6 +212,14 @@ class RWKV7Fast:
         self.ln_fused = bool(on)
         if self.ln_fused and not hasattr(self.ops, "ln_gemv"):
             self.ops.ln_gemv = decode_ops.resolve_ln(self.device.type, _ew_backend(self.backend))
+
+    def set_ffn_fused(self, on: bool) -> None:
+        """Switch ``ffn_fused`` (as ``set_ln_fused``); it needs ln_fused and the transposed FFN value
+        of ffn_sparse, and stays off without them."""
+        self.ffn_fused = bool(on) and self.ln_fused and self.ffn_sparse
+        if self.ffn_fused and not hasattr(self.ops, "ffn_fused"):
+            self.ops.ffn_fused, make_scratch = decode_ops.resolve_ffn(self.device.type, _ew_backend(self.backend))
+            self._ffn_scratch = make_scratch(self.cfg.d_ffn, self.cfg.n_embd, self.device)
 
     def _load_layer(self, sd, i: int) -> SimpleNamespace:
         """Per-layer weights in the layout the products want (built once, contiguous).
@@ -385,6 +399,12 @@ class RWKV7Fast:
                                      v0=p.v0, v_first=v_first if i else None, k_k=p.k_k, k_a=p.k_a, r_k=p.r_k,
                                      ln_w=p.ln_x[0], ln_b=p.ln_x[1], pdl=self.pdl)
             att = gemv(out.view(1, B, C), p.Wo, p.o_groups, new(C))
+            if self.ffn_fused and B == 1:
+                x, res, xn = self.ops.ffn_fused(att, res, p.ln2[0], p.ln2[1], state.ffn_x[i], slots, p.ffn_mix, p.ffn_key,
+                                                p.ffn_value_t, new(C), res32(), new(C), (xn, state.att_x[i], slots),
+                                                self._ffn_scratch, eps=LN_EPS, pdl=self.pdl)
+                x = x.view(B, 1, C)
+                continue
             if self.ln_fused:
                 h, res, xn = ln_gemv(att, res, p.ln2[0], p.ln2[1], state.ffn_x[i], slots, p.ffn_mix.view(1, C),
                                      p.ffn_key, p.key_groups, new(p.ffn_key.shape[0]), res32(), new(C),

@@ -37,6 +37,16 @@ with ``ln_gemv`` (each add_ln_lerp made inside the product that consumes it).
     out    = act_i(lerp(xn, x_prev, mix[xrow_i]) @ W[rows of group i].T), exactly add_ln_lerp's
              rows (rounded to the activation dtype) fed to grouped_gemv
 
+    out, new_res, xn_out = ffn_fused(x, res, ln_w, ln_b, x_prev, slots, mix, Wk, WvT, out, new_res, xn_out,
+                                     pending, scratch, *, eps)
+
+    A batch-1 decode FFN in one launch: ln_gemv's arguments for the LayerNorm / lerp / pending
+    copy (mix [1, C]), then out = relu(xk @ Wk.T) ** 2 @ WvT with Wk [F, C] and WvT [F, C]
+    (W_value transposed, as ``ffn_sparse`` keeps it); h is rounded to the activation dtype as
+    the two-launch path stores it, rows of WvT that h zeroes are not read. out [1, C] WRITTEN.
+    scratch: ``FfnScratch(F, C, device)`` (the kernel's partial sums and counters; the
+    reference's factory returns None). Opt-in (``RWKV7Fast(ffn_fused=True)``), unmeasured.
+
     out = tmix_lora_step(rkvh, state, slots, *, lora, up, w0, a0, v0, v_first, k_k, k_a, r_k, ln_w, ln_b)
 
     rkvh   : [B, 3C + sum(D)] activation dtype, grouped_gemv's output: r | k | v | the LoRA
@@ -78,12 +88,12 @@ with ``ln_gemv`` (each add_ln_lerp made inside the product that consumes it).
 from __future__ import annotations
 
 from .reference import (ACT_NONE, ACT_RELU2, ACT_SIGMOID, ACT_TANH, RowGroups, decode_layer_reference,
-                        grouped_gemv_reference, ln_gemv_reference, no_layer_scratch, no_scratch, sparse_rows_gemv_reference,
+                        ffn_fused_reference, grouped_gemv_reference, ln_gemv_reference, no_layer_scratch, no_scratch, sparse_rows_gemv_reference,
                         tmix_lora_step_reference)
 
 __all__ = ["ACT_NONE", "ACT_RELU2", "ACT_SIGMOID", "ACT_TANH", "RowGroups", "decode_layer_reference",
-           "grouped_gemv_reference", "ln_gemv_reference", "sparse_rows_gemv_reference", "tmix_lora_step_reference", "resolve",
-           "resolve_layer", "resolve_ln", "resolve_sparse"]
+           "ffn_fused_reference", "grouped_gemv_reference", "ln_gemv_reference", "sparse_rows_gemv_reference", "tmix_lora_step_reference", "resolve",
+           "resolve_ffn", "resolve_layer", "resolve_ln", "resolve_sparse"]
 
 
 def resolve(device: str, backend: str = "auto"):
@@ -97,6 +107,17 @@ def resolve(device: str, backend: str = "auto"):
 
     return choose("the decode-step ops", device, backend, (grouped_gemv_reference, tmix_lora_step_reference),
                   triton)
+
+
+def resolve_ffn(device: str, backend: str = "auto"):
+    """(ffn_fused, scratch factory (F, C, device)) for ``device``, chosen as ``resolve`` chooses."""
+    from .._backend import choose
+
+    def triton():
+        from .triton_ffn import FfnScratch, ffn_fused_triton
+        return ffn_fused_triton, FfnScratch
+
+    return choose("the fused decode FFN", device, backend, (ffn_fused_reference, no_scratch), triton)
 
 
 def resolve_ln(device: str, backend: str = "auto"):

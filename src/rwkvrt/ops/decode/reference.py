@@ -92,6 +92,17 @@ def ln_gemv_reference(x, res, ln_w, ln_b, x_prev, slots, mix, W, groups: RowGrou
     return grouped_gemv_reference(xs.view(-1, M, C), W, groups, out), new_res, xn_out
 
 
+def ffn_fused_reference(x, res, ln_w, ln_b, x_prev, slots, mix, Wk, WvT, out, new_res, xn_out, pending=None,
+                        scratch=None, *, eps: float = 1e-5, pdl=None):
+    """See ``rwkvrt.ops.decode``: ln_gemv's reference for the key rows (relu^2, rounded to the
+    activation dtype), then sparse_rows_gemv's for the value (``scratch`` is the kernel's)."""
+    F = Wk.shape[0]
+    h = torch.empty(x.shape[0], F, device=x.device, dtype=x.dtype)
+    ln_gemv_reference(x, res, ln_w, ln_b, x_prev, slots, mix.reshape(1, -1), Wk, RowGroups.single(F, ACT_RELU2), h,
+                      new_res, xn_out, pending, eps=eps)
+    return sparse_rows_gemv_reference(h, WvT, out), new_res, xn_out
+
+
 def lora_up(rkvh: torch.Tensor, lora: dict, up: dict, name: str) -> torch.Tensor:
     """hidden(name) @ up[name].T in fp32: [B, C]."""
     off, d = lora[name]
@@ -159,4 +170,4 @@ def no_scratch(N: int, K: int, device) -> None:
 
 
 __all__ = ["ACT_NONE", "ACT_RELU2", "ACT_TANH", "ACT_SIGMOID", "RowGroups", "apply_act", "decode_layer_reference",
-           "grouped_gemv_reference", "ln_gemv_reference", "no_layer_scratch", "no_scratch", "sparse_rows_gemv_reference", "tmix_lora_step_reference"]
+           "ffn_fused_reference", "grouped_gemv_reference", "ln_gemv_reference", "no_layer_scratch", "no_scratch", "sparse_rows_gemv_reference", "tmix_lora_step_reference"]
