@@ -278,3 +278,30 @@ def test_sparse_rows_gemv_plan_and_bad_requests():
         mod.plan(64, 40)
     with pytest.raises(ValueError, match="must divide"):
         mod.plan(64, 96, splits=2)
+
+
+@pytest.mark.parametrize("kernel", ["ln_gemv", "ffn_fused"])
+def test_ln_and_ffn_kernels_compile_for_sm90_without_spills(kernel):
+    """Ahead-of-time sm_90 compile (no GPU needed) at the 1.5B shapes and default tiles: no spills
+    (ffn_fused has not run on a GPU yet; this at least catches a kernel that no longer compiles)."""
+    pytest.importorskip("triton")
+    from test_timemix_triton import sm90_ptxas_report
+
+    from rwkvrt.ops.decode import triton_ffn, triton_gemv
+    half = {n + "_ptr": "*fp16" for n in ("x", "prev", "mix", "w", "wk", "wvt", "out", "psrc", "pdst", "xn")}
+    types = {**half, "slots_ptr": "*i64", "pslots_ptr": "*i64", "xrow_ptr": "*i32", "act_ptr": "*i32",
+             "cnt_ptr": "*i32", "eps": "fp32"}
+    strides = ("sxm", "srm", "snm", "spb", "smix", "som", "sxn", "sps", "spd")
+    common = dict(HAS_PENDING=True, USE_PDL=True, PF_LINES=4, LINE_ELEMS=64)
+    if kernel == "ln_gemv":
+        bn, bk = triton_gemv.LN_TILE
+        ce = dict(K=2048, K_PAD=2048, BLOCK_N=bn, BLOCK_K=bk, M_PAD=1, HAS_ACT=True, EVEN_N=True,
+                  STAGES=triton_gemv.LN_STAGES, **common)
+        rep = sm90_ptxas_report(triton_gemv.ln_gemv_kernel, types, ce, triton_gemv.NUM_WARPS, div16_extra=strides)
+    else:
+        R = triton_ffn.plan(8192)
+        ce = dict(C=2048, C_PAD=2048, F=8192, R=R, BLOCK_K=triton_ffn.BLOCK_K, BLOCK_C=triton_ffn.BLOCK_C,
+                  S_CHUNK=16, N_CHUNKS=8192 // R // 16, IEEE=False, STAGES=triton_ffn.STAGES,
+                  VSTAGES=triton_ffn.VSTAGES, **common)
+        rep = sm90_ptxas_report(triton_ffn.ffn_fused_kernel, types, ce, triton_ffn.NUM_WARPS, div16_extra=strides)
+    assert "0 bytes spill stores" in rep and "0 bytes spill loads" in rep, rep
