@@ -29,7 +29,7 @@ import triton.language as tl
 
 from .. import _pdl
 from .._pdl import prefetch_rows, wait_prev
-from .triton_gemv import _ln_lerp_tile, _ln_rows
+from .triton_gemv import _ln_lerp_tile, _ln_rows, ln_prologue_args
 
 BLOCK_K = 64        # W_key columns per K-tile
 BLOCK_C = 128       # W_value^T columns per value tile (and per reduction); 256 -> 220 registers
@@ -133,17 +133,9 @@ def ffn_fused_triton(x, res, ln_w, ln_b, x_prev, slots, mix, Wk, WvT, out, new_r
     F = Wk.shape[0]
     assert M == 1, "ffn_fused takes one batch row (the batch-1 decode step)"
     assert Wk.shape == (F, C) and WvT.shape == (F, C) and Wk.is_contiguous() and WvT.is_contiguous()
-    assert res.shape == new_res.shape == xn_out.shape == out.shape == (M, C), "shape mismatch"
-    for t in (x, res, new_res, xn_out, out, x_prev, mix):
-        assert t.stride(-1) == 1, "unit stride along the last axis"
-    assert new_res.data_ptr() != res.data_ptr(), "new_res must not be res (other programs still read it)"
-    assert mix.numel() == C and x.dtype == Wk.dtype == WvT.dtype and slots.shape == (M,)
+    assert out.shape == (M, C) and mix.numel() == C and x.dtype == Wk.dtype == WvT.dtype, "shape / dtype mismatch"
     assert (scratch.F, scratch.C) == (F, C) and scratch.part.device == Wk.device, "scratch made for another shape"
-    if pending is not None:
-        psrc, pdst, pslots = pending
-        assert psrc.shape == (M, C) and psrc.stride(1) == 1 and pdst.stride(1) == 1 and pslots.shape == (M,)
-    else:
-        psrc, pdst, pslots = xn_out, x_prev, slots   # unused (HAS_PENDING off)
+    psrc, pdst, pslots = ln_prologue_args(x, res, ln_w, ln_b, x_prev, slots, mix, out, new_res, xn_out, pending)
     R = scratch.rows
     P = F // R
     pdl = _pdl.resolve(pdl, Wk.device, "gemv")

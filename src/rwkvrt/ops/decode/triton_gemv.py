@@ -44,6 +44,19 @@ LN_NUM_WARPS: int | None = None
 
 
 @triton.jit
+def _rows_start(w_ptr, K, N, BLOCK_N: tl.constexpr, USE_PDL: tl.constexpr, PF_LINES: tl.constexpr,
+                LINE_ELEMS: tl.constexpr):
+    """(program id, its BLOCK_N rows of W): with PDL, their first PF_LINES L2 lines prefetched,
+    then the wait for the previous kernel."""
+    pid = tl.program_id(0)
+    n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    if USE_PDL and PF_LINES > 0:
+        prefetch_rows(w_ptr, n, K, N, PF_LINES, LINE_ELEMS)
+    wait_prev(USE_PDL)
+    return pid, n
+
+
+@triton.jit
 def grouped_gemv_kernel(x_ptr, w_ptr, out_ptr, xrow_ptr, act_ptr, M, N, sxg, sxm, som,
                         K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                         M_PAD: tl.constexpr, HAS_ACT: tl.constexpr, EVEN_N: tl.constexpr,
@@ -52,11 +65,7 @@ def grouped_gemv_kernel(x_ptr, w_ptr, out_ptr, xrow_ptr, act_ptr, M, N, sxg, sxm
     """Grid (cdiv(N, BLOCK_N),). out[m, n] = act(sum_k xs[xrow, m, k] * W[n, k]).
     USE_PDL: prefetch the first PF_LINES L2 lines of this program's rows of W, then wait for
     the previous kernel (``rwkvrt.ops._pdl``)."""
-    pid = tl.program_id(0)
-    n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    if USE_PDL and PF_LINES > 0:
-        prefetch_rows(w_ptr, n, K, N, PF_LINES, LINE_ELEMS)
-    wait_prev(USE_PDL)
+    pid, n = _rows_start(w_ptr, K, N, BLOCK_N, USE_PDL, PF_LINES, LINE_ELEMS)
     m = tl.arange(0, M_PAD)
     kk = tl.arange(0, BLOCK_K)
     xrow = tl.load(xrow_ptr + pid).to(tl.int64)
@@ -198,11 +207,7 @@ def ln_gemv_kernel(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, prev_ptr, slots
     so no program waits for another, and nothing is written that another program of the
     launch reads: program 0 stores h (new_res) and xn (xn_out), and copies the pending rows
     of an earlier call into their pool."""
-    pid = tl.program_id(0)
-    n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    if USE_PDL and PF_LINES > 0:
-        prefetch_rows(w_ptr, n, K, N, PF_LINES, LINE_ELEMS)
-    wait_prev(USE_PDL)
+    pid, n = _rows_start(w_ptr, K, N, BLOCK_N, USE_PDL, PF_LINES, LINE_ELEMS)
     m = tl.arange(0, M_PAD)
     mmask = m < M
     mm = mmask[:, None]
@@ -225,6 +230,22 @@ def ln_gemv_kernel(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, prev_ptr, slots
     _act_store(tl.sum(acc, axis=2), act_ptr, out_ptr, pid, m, n, mm, N, som, HAS_ACT)
 
 
+def ln_prologue_args(x, res, ln_w, ln_b, x_prev, slots, mix, out, new_res, xn_out, pending):
+    """Checks shared by the kernels that use ``_ln_rows``; (src, pool, slots) of the pending copy
+    (stand-ins, never read, when there is none)."""
+    M, C = x.shape
+    assert res.shape == new_res.shape == xn_out.shape == (M, C) and slots.shape == (M,), "shape mismatch"
+    for t in (x, res, new_res, xn_out, out, x_prev, mix):
+        assert t.stride(-1) == 1, "unit stride along the last axis"
+    assert new_res.data_ptr() != res.data_ptr(), "new_res must not be res (other programs still read it)"
+    assert x_prev.dim() == 2 and ln_w.is_contiguous() and ln_b.is_contiguous()
+    if pending is None:
+        return xn_out, x_prev, slots
+    psrc, pdst, pslots = pending
+    assert psrc.shape == (M, C) and psrc.stride(1) == 1 and pdst.stride(1) == 1 and pslots.shape == (M,)
+    return psrc, pdst, pslots
+
+
 def ln_gemv_triton(x, res, ln_w, ln_b, x_prev, slots, mix, W, groups, out, new_res, xn_out, pending=None, *,
                    eps: float = 1e-5, block_n: int | None = None, block_k: int | None = None,
                    num_warps: int | None = None, stages: int | None = None, pdl: bool | None = None):
@@ -232,18 +253,9 @@ def ln_gemv_triton(x, res, ln_w, ln_b, x_prev, slots, mix, W, groups, out, new_r
     M, K = x.shape
     N = W.shape[0]
     assert W.shape == (N, K) and W.is_contiguous(), "W must be a contiguous [N, K]"
-    assert res.shape == new_res.shape == xn_out.shape == (M, K) and out.shape == (M, N), "shape mismatch"
-    for t in (x, res, new_res, xn_out, out, x_prev, mix):
-        assert t.stride(-1) == 1, "unit stride along the last axis"
-    assert new_res.data_ptr() != res.data_ptr(), "new_res must not be res (other programs still read it)"
-    assert x_prev.dim() == 2 and mix.shape[1] == K and ln_w.is_contiguous() and ln_b.is_contiguous()
-    assert slots.shape == (M,), "one slot per row"
+    assert out.shape == (M, N) and mix.shape[1] == K, "shape mismatch"
     assert 1 <= M <= MAX_M, f"ln_gemv takes 1..{MAX_M} batch rows"
-    if pending is not None:
-        psrc, pdst, pslots = pending
-        assert psrc.shape == (M, K) and psrc.stride(1) == 1 and pdst.stride(1) == 1 and pslots.shape == (M,)
-    else:
-        psrc, pdst, pslots = xn_out, x_prev, slots   # unused (HAS_PENDING off)
+    psrc, pdst, pslots = ln_prologue_args(x, res, ln_w, ln_b, x_prev, slots, mix, out, new_res, xn_out, pending)
     bn, bk, xrow, act = _plan(W, groups, block_n or LN_BLOCK_N, block_k or LN_BLOCK_K, LN_TILE)
     pdl = _pdl.resolve(pdl, W.device, "gemv")
     ln_gemv_kernel[(triton.cdiv(N, bn),)](
