@@ -119,8 +119,8 @@ class FfnScratch:
     """Partials [P, C] fp32 and one zero int32 counter per BLOCK_C columns, for W_value^T [F, C]."""
 
     def __init__(self, F: int, C: int, device, rows: int | None = None):
-        if C % BLOCK_C:
-            raise ValueError(f"ffn_fused needs n_embd (={C}) to be a multiple of {BLOCK_C}")
+        if C % BLOCK_C or C % BLOCK_K:
+            raise ValueError(f"ffn_fused needs n_embd (={C}) to be a multiple of {max(BLOCK_C, BLOCK_K)}")
         self.F, self.C, self.rows = F, C, plan(F, rows)
         self.part = torch.empty(F // self.rows, C, device=device, dtype=torch.float32)
         self.count = torch.zeros(C // BLOCK_C, device=device, dtype=torch.int32)
