@@ -39,6 +39,7 @@ through every layer (the main source of drift against the fp32 reference).
 """
 from __future__ import annotations
 
+import logging
 import os
 from types import SimpleNamespace
 
@@ -55,6 +56,7 @@ from ..ops import wkv7 as wkv7_ops
 from ..ops.decode import ACT_RELU2, ACT_SIGMOID, ACT_TANH, RowGroups
 from .config import RWKV7Config
 
+log = logging.getLogger(__name__)
 LN_EPS = 1e-5
 # Programmatic dependent launch for the decode / LayerNorm kernels up to this width. H100, decode
 # b1 tok/s without -> with: 0.1B (768) 1,879 -> 2,306; 1.5B (2048) 594 -> 617; 7.2B (4096)
@@ -218,8 +220,14 @@ class RWKV7Fast:
         of ffn_sparse, and stays off without them."""
         self.ffn_fused = bool(on) and self.ln_fused and self.ffn_sparse
         if self.ffn_fused and not hasattr(self.ops, "ffn_fused"):
-            self.ops.ffn_fused, make_scratch = decode_ops.resolve_ffn(self.device.type, _ew_backend(self.backend))
-            self._ffn_scratch = make_scratch(self.cfg.d_ffn, self.cfg.n_embd, self.device)
+            fn, make_scratch = decode_ops.resolve_ffn(self.device.type, _ew_backend(self.backend))
+            try:
+                self._ffn_scratch = make_scratch(self.cfg.d_ffn, self.cfg.n_embd, self.device)
+            except ValueError as e:   # a width the kernel's tiles do not divide: the two-launch FFN
+                log.warning("ffn_fused is off for this model: %s", e)
+                self.ffn_fused = False
+                return
+            self.ops.ffn_fused = fn
 
     def _load_layer(self, sd, i: int) -> SimpleNamespace:
         """Per-layer weights in the layout the products want (built once, contiguous).
