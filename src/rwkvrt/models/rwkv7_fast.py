@@ -53,6 +53,7 @@ from ..ops import norm as norm_ops
 from ..ops import timemix as timemix_ops
 from ..ops import token_shift as shift_ops
 from ..ops import wkv7 as wkv7_ops
+from ..ops._rows import on_pool_rows
 from ..ops.decode import ACT_RELU2, ACT_SIGMOID, ACT_TANH, RowGroups
 from .config import RWKV7Config
 
@@ -110,9 +111,8 @@ def _reference_core(core, r, w, k, v, a, g, pool, *, slots, k_k, k_a, r_k, ln_w,
     a = torch.sigmoid(a + a0).to(dt)
     if v_first is not None:
         v = (v + (v_first - v) * torch.sigmoid(v_gate + v0)).to(dt)
-    s_in = pool.index_select(0, slots)
-    out, s_out = core(r, w, k, v, a, g, s_in, k_k=k_k, k_a=k_a, r_k=r_k, ln_w=ln_w, ln_b=ln_b, wkv=wkv)
-    pool.index_copy_(0, slots, s_out)
+    out, _ = on_pool_rows(core, r, w, k, v, a, g, pool=pool, slots=slots, k_k=k_k, k_a=k_a, r_k=r_k, ln_w=ln_w,
+                          ln_b=ln_b, wkv=wkv)
     return out.to(dt)
 
 

@@ -45,6 +45,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._rows import on_pool_rows
 from ..wkv7.reference import DECAY_SCALE
 from .reference import GROUP_NORM_EPS
 
@@ -352,8 +353,7 @@ def _prefill(r, w, k, v, a, g, state, slots, params, fx: dict, wkv):
         y, s_out = wkv(*ins, state, slots=slots)
         assert s_out is state, "a wkv that takes slots updates the pool in place"
     elif slots is not None:
-        y, s_out = wkv(*ins, state.index_select(0, slots))
-        state.index_copy_(0, slots, s_out)
+        y, _ = on_pool_rows(wkv, *ins, pool=state, slots=slots)
     else:
         y, s_out = wkv(*ins, state)
         if s_out is not state:

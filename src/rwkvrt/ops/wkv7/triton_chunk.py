@@ -70,6 +70,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._rows import on_pool_rows
 from .triton_recurrent import check_layout
 
 _DECAY_SCALE = tl.constexpr(0.6065306597126334)  # exp(-0.5), as reference.DECAY_SCALE
@@ -387,11 +388,9 @@ def wkv7_chunk_triton(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torc
     assert chunk_size in (16, 32, 64), "chunk_size must be 16, 32 or 64"
     assert inverse in INVERSES and output in OUTPUTS, (inverse, output)
     if slots is not None and output != "scan":
-        s_rows = state.index_select(0, slots)
-        y, s_rows = wkv7_chunk_triton(r, w, k, v, a, b, s_rows, chunk_size=chunk_size, block_v=block_v,
-                                      precision=precision, prep_warps=prep_warps, scan_warps=scan_warps,
-                                      scan_stages=scan_stages, inverse=inverse, output=output)
-        return y, state.index_copy_(0, slots, s_rows)
+        return on_pool_rows(wkv7_chunk_triton, r, w, k, v, a, b, pool=state, slots=slots, chunk_size=chunk_size,
+                            block_v=block_v, precision=precision, prep_warps=prep_warps, scan_warps=scan_warps,
+                            scan_stages=scan_stages, inverse=inverse, output=output)
     check_layout(r, w, k, v, a, b, state, slots)
     y = torch.empty_like(r)
     if T == 0 or B == 0:

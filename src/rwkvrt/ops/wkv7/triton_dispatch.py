@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .._rows import on_pool_rows
 from .triton_chunk import wkv7_chunk_triton
 from .triton_recurrent import wkv7_recurrent_triton
 
@@ -41,8 +42,7 @@ def wkv7_triton(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tens
     B, T, H, N = r.shape
     if slots is not None and (T <= CROSSOVER or N < 16 or N & (N - 1) or state.dtype != torch.float32
                               or not state.is_contiguous()):
-        y, rows = wkv7_triton(r, w, k, v, a, b, state.index_select(0, slots))
-        return y, state.index_copy_(0, slots, rows.to(state.dtype))
+        return on_pool_rows(wkv7_triton, r, w, k, v, a, b, pool=state, slots=slots)
     if N < 16 or N & (N - 1):
         from .torch_chunked import wkv7_torch_chunked
         return wkv7_torch_chunked(r, w, k, v, a, b, state)
