@@ -14,6 +14,9 @@ Variants (comma separated; default: all that apply):
   tmix_w4 / tmix_w16      decode with the time-mix kernel at 4 / 16 warps
   ln_on / ln_off          decode with ln_fused on / off (LayerNorm + lerps inside the next product)
   ffn_fused   decode with each layer's FFN as one ffn_fused launch (batch 1; needs ffn_sparse)
+  ffn[_ln][_rN][_bkK][_bcC][_nwW][_stS][_vsS]  ffn_fused with N hidden rows per program, key K-tiles of
+              K columns, value tiles of C columns, W warps, S key stages, S value stages (_ln: with
+              ln_fused forced on)
   ln[_bnN][_bkK][_stS][_nwW]  ln_fused on with N rows per ln_gemv program, K-tiles of K columns,
               S stages, W warps
   ffn_noskip  decode with the sparse FFN value op loading every row (same tiles: its dense rate)
@@ -45,6 +48,7 @@ from rwkvrt.models.rwkv7_fast import LAYER_MAX_EMBD, RWKV7Fast
 from rwkvrt.models.shapes import published_config
 from rwkvrt.ops import _pdl
 from rwkvrt.ops import decode as decode_ops
+from rwkvrt.ops.decode import triton_ffn as ffn_mod
 from rwkvrt.ops.decode import triton_gemv as gemv_mod
 from rwkvrt.ops.decode import triton_layer as layer_mod
 from rwkvrt.ops.decode import triton_sparse as sparse_mod
@@ -72,6 +76,8 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
     saved = (m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS, m.ffn_sparse, m.layer_fused, layer_mod.MAXNREG, layer_mod.SLAB,
              layer_mod.NCH, layer_mod.TICKET, layer_mod.UP_PREFETCH, m.ln_fused, gemv_mod.LN_BLOCK_N, gemv_mod.LN_STAGES,
              gemv_mod.LN_BLOCK_K, gemv_mod.LN_NUM_WARPS, m.ffn_fused)
+    ffn_knobs = (ffn_mod.ROWS, ffn_mod.BLOCK_K, ffn_mod.BLOCK_C, ffn_mod.NUM_WARPS, ffn_mod.STAGES, ffn_mod.VSTAGES,
+                 getattr(m, "_ffn_scratch", None))
     off_kinds = set(_pdl.OFF_KINDS)
     try:
         if v == "ffn_noskip":
@@ -87,10 +93,21 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
             m.pdl = False
         elif v == "pdl_on":
             m.pdl = True
-        elif v == "ffn_fused":
+        elif v.startswith("ffn_") and v not in ("ffn_noskip", "ffn_dense"):
+            for knob in v.split("_")[1:]:
+                if knob in ("fused", "ln"):   # ffn_ln: with ln_fused on (off by default above n_embd 2048)
+                    if knob == "ln":
+                        m.set_ln_fused(True)
+                    continue
+                key = knob.rstrip("0123456789")
+                val = int(knob[len(key):])
+                attr = {"r": "ROWS", "bk": "BLOCK_K", "bc": "BLOCK_C", "nw": "NUM_WARPS", "st": "STAGES",
+                        "vs": "VSTAGES"}[key]
+                setattr(ffn_mod, attr, val)
             m.set_ffn_fused(True)
             if not m.ffn_fused:
                 raise RuntimeError("ffn_fused needs ln_fused and ffn_sparse (n_embd >= 2048 or RWKVRT_FFN_SPARSE=1)")
+            m._ffn_scratch = ffn_mod.FfnScratch(m.cfg.d_ffn, m.cfg.n_embd, m.device)
         elif v in ("ln_on", "ln_off"):
             m.set_ln_fused(v == "ln_on")
         elif v.startswith("ln_"):
@@ -175,6 +192,10 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
          gemv_mod.LN_BLOCK_K, gemv_mod.LN_NUM_WARPS, ffn) = saved
         m.set_ln_fused(ln)
         m.set_ffn_fused(ffn)
+        (ffn_mod.ROWS, ffn_mod.BLOCK_K, ffn_mod.BLOCK_C, ffn_mod.NUM_WARPS, ffn_mod.STAGES, ffn_mod.VSTAGES,
+         scratch) = ffn_knobs
+        if scratch is not None:
+            m._ffn_scratch = scratch
         sparse_mod.SKIP = True
         if m.ffn_sparse:
             for p in m.layers:
