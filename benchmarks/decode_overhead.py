@@ -53,7 +53,7 @@ def main() -> None:
         with torch.inference_mode():
             t_step = per_step(lambda: r.step([s], tok), a.steps, False)
             bk = r._buckets[1]
-            g = bk.graphs[True]
+            g = bk.graphs[(True, False)]   # (greedy, no state snapshot)
             t_replay = per_step(lambda: (g.replay(), bk.out.to("cpu")), a.steps, False)
             t_gpu = per_step(g.replay, a.steps, False)
             print(f"\n## {shape} decode b1 (decode_fused={m.decode_fused}): step {t_step:.1f} us "

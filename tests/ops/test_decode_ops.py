@@ -117,8 +117,9 @@ def test_ln_gemv_matches_reference_chained(kernel_device, M, dtype, K, block_n):
 @pytest.mark.parametrize("C,rows", [(256, None), (512, 32)])
 def test_ffn_fused_matches_reference_chained(kernel_device, dtype, C, rows):
     """ffn_fused == ln_gemv (relu^2 key rows) + sparse_rows_gemv references over 3 chained calls
-    with the pending copy, outputs poisoned, res / x_prev not mutated, the counters back at 0
-    (so the next call reduces again); about half the hidden rows are zero, and one program's
+    with the pending copy, outputs poisoned, res / x_prev not mutated, the accumulator and ticket
+    back at 0 (so the next call reduces again), the same bits when called again; about half the
+    hidden rows are zero, and one program's
     rows are all zero (its value rows never read)."""
     tf = pytest.importorskip("rwkvrt.ops.decode.triton_ffn")
     from rwkvrt.ops.decode import ffn_fused_reference
@@ -148,7 +149,10 @@ def test_ffn_fused_matches_reference_chained(kernel_device, dtype, C, rows):
         assert torch.equal(res, before[0]) and torch.equal(pools[cur], before[1])
         assert torch.equal(new_res, ref[1]) and torch.allclose(xn.float(), ref[2].float(), atol=2e-3)
         assert torch.isfinite(out).all() and rel_err(out, ref[0]) < (1e-5 if dtype == torch.float32 else 5e-3)
-        assert int(scratch.count.abs().sum()) == 0, "every column tile's counter is back at zero"
+        assert int(scratch.count.abs().sum()) == 0 and int(scratch.acc.abs().sum()) == 0, "scratch back at zero"
+        again = tf.ffn_fused_triton(x, res, ln_w, ln_b, pools[cur].clone(), slots, mix, Wk, WvT, nan(),
+                                    nan(torch.float32), nan(), None, scratch, eps=1e-5)[0]
+        assert torch.equal(again, out), "the fixed-point sum gives the same bits on every call"
         for a, b in zip(pools, ref_pools):
             assert torch.allclose(a.float(), b.float(), atol=2e-3)
         ref_pend, pend = (ref[2], ref_pools[cur], slots), (xn, pools[cur], slots)
@@ -290,7 +294,7 @@ def test_ln_and_ffn_kernels_compile_for_sm90_without_spills(kernel):
     from rwkvrt.ops.decode import triton_ffn, triton_gemv
     half = {n + "_ptr": "*fp16" for n in ("x", "prev", "mix", "w", "wk", "wvt", "out", "psrc", "pdst", "xn")}
     types = {**half, "slots_ptr": "*i64", "pslots_ptr": "*i64", "xrow_ptr": "*i32", "act_ptr": "*i32",
-             "cnt_ptr": "*i32", "eps": "fp32"}
+             "cnt_ptr": "*i32", "acc_ptr": "*i64", "eps": "fp32"}
     strides = ("sxm", "srm", "snm", "spb", "smix", "som", "sxn", "sps", "spd")
     common = dict(HAS_PENDING=True, USE_PDL=True, PF_LINES=4, LINE_ELEMS=64)
     if kernel == "ln_gemv":
@@ -301,7 +305,7 @@ def test_ln_and_ffn_kernels_compile_for_sm90_without_spills(kernel):
     else:
         R = triton_ffn.plan(8192)
         ce = dict(C=2048, C_PAD=2048, F=8192, R=R, BLOCK_K=triton_ffn.BLOCK_K, BLOCK_C=triton_ffn.BLOCK_C,
-                  S_CHUNK=16, N_CHUNKS=8192 // R // 16, IEEE=False, STAGES=triton_ffn.STAGES,
+                  IEEE=False, STAGES=triton_ffn.STAGES,
                   VSTAGES=triton_ffn.VSTAGES, **common)
         rep = sm90_ptxas_report(triton_ffn.ffn_fused_kernel, types, ce, triton_ffn.NUM_WARPS, div16_extra=strides)
     assert "0 bytes spill stores" in rep and "0 bytes spill loads" in rep, rep
