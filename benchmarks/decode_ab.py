@@ -17,6 +17,8 @@ Variants (comma separated; default: all that apply):
   ffn[_ln][_rN][_bkK][_bcC][_nwW][_stS][_vsS]  ffn_fused with N hidden rows per program, key K-tiles of
               K columns, value tiles of C columns, W warps, S key stages, S value stages (_ln: with
               ln_fused forced on)
+  lnp[_bnN][_cC][_nwW][_stS]  ln_fused on, batch-1 ln_gemv as the persistent kernel: N rows per
+              block, C programs per SM, W warps, S stages
   ln[_bnN][_bkK][_stS][_nwW]  ln_fused on with N rows per ln_gemv program, K-tiles of K columns,
               S stages, W warps
   ffn_noskip  decode with the sparse FFN value op loading every row (same tiles: its dense rate)
@@ -76,6 +78,8 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
     saved = (m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS, m.ffn_sparse, m.layer_fused, layer_mod.MAXNREG, layer_mod.SLAB,
              layer_mod.NCH, layer_mod.TICKET, layer_mod.UP_PREFETCH, m.ln_fused, gemv_mod.LN_BLOCK_N, gemv_mod.LN_STAGES,
              gemv_mod.LN_BLOCK_K, gemv_mod.LN_NUM_WARPS, m.ffn_fused)
+    lnp_knobs = (gemv_mod.LN_PERSIST, gemv_mod.LNP_BLOCK_N, gemv_mod.LNP_PER_SM, gemv_mod.LNP_NUM_WARPS,
+                 gemv_mod.LNP_STAGES)
     ffn_knobs = (ffn_mod.ROWS, ffn_mod.BLOCK_K, ffn_mod.BLOCK_C, ffn_mod.NUM_WARPS, ffn_mod.STAGES, ffn_mod.VSTAGES,
                  getattr(m, "_ffn_scratch", None))
     off_kinds = set(_pdl.OFF_KINDS)
@@ -108,6 +112,13 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
             if not m.ffn_fused:
                 raise RuntimeError("ffn_fused needs ln_fused and ffn_sparse (n_embd >= 2048 or RWKVRT_FFN_SPARSE=1)")
             m._ffn_scratch = ffn_mod.FfnScratch(m.cfg.d_ffn, m.cfg.n_embd, m.device)
+        elif v.startswith("lnp"):
+            m.set_ln_fused(True)
+            gemv_mod.LN_PERSIST = True
+            for knob in v.split("_")[1:]:
+                key = knob.rstrip("0123456789")
+                attr = {"bn": "LNP_BLOCK_N", "c": "LNP_PER_SM", "nw": "LNP_NUM_WARPS", "st": "LNP_STAGES"}[key]
+                setattr(gemv_mod, attr, int(knob[len(key):]))
         elif v in ("ln_on", "ln_off"):
             m.set_ln_fused(v == "ln_on")
         elif v.startswith("ln_"):
@@ -192,6 +203,8 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
          gemv_mod.LN_BLOCK_K, gemv_mod.LN_NUM_WARPS, ffn) = saved
         m.set_ln_fused(ln)
         m.set_ffn_fused(ffn)
+        (gemv_mod.LN_PERSIST, gemv_mod.LNP_BLOCK_N, gemv_mod.LNP_PER_SM, gemv_mod.LNP_NUM_WARPS,
+         gemv_mod.LNP_STAGES) = lnp_knobs
         (ffn_mod.ROWS, ffn_mod.BLOCK_K, ffn_mod.BLOCK_C, ffn_mod.NUM_WARPS, ffn_mod.STAGES, ffn_mod.VSTAGES,
          scratch) = ffn_knobs
         if scratch is not None:

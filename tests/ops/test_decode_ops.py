@@ -66,15 +66,16 @@ def test_grouped_gemv_ragged_rows_strided_input_and_fp32_out(kernel_device):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("M", [1, 3])
+@pytest.mark.parametrize("M,persist", [(1, False), (3, False), (1, True)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("K,block_n", [(96, None), (256, None), (128, 8)])
-def test_ln_gemv_matches_reference_chained(kernel_device, M, dtype, K, block_n):
+def test_ln_gemv_matches_reference_chained(kernel_device, M, persist, dtype, K, block_n):
     """ln_gemv == add_ln_lerp + grouped_gemv (references) over 3 chained calls that alternate
     two token-shift pools as the model's sites do: each call's xn_out is the next call's pending
     copy into the pool it read. Outputs poisoned, res / x_prev not mutated, rows outside ``slots``
     untouched; K = 96 is not a power of two (padded statistics) and takes pick_blocks' tile, K = 256
-    the default LN_TILE."""
+    the default LN_TILE. persist: the batch-1 persistent kernel (several blocks per program, blocks
+    of one program in two groups)."""
     ln_gemv = pytest.importorskip("rwkvrt.ops.decode.triton_gemv").ln_gemv_triton
     gen = torch.Generator().manual_seed(M * 5 + K)
     dev = kernel_device
@@ -96,7 +97,7 @@ def test_ln_gemv_matches_reference_chained(kernel_device, M, dtype, K, block_n):
                                                      nan(g.n_rows), nan(K, torch.float32), nan(K), ref_pend, eps=1e-5)
         before = (res.clone(), pools[cur].clone())
         out, new_res, xn = ln_gemv(x, res, ln_w, ln_b, pools[cur], slots, mix, W, g, nan(g.n_rows),
-                                   nan(K, torch.float32), nan(K), pend, eps=1e-5, block_n=block_n)
+                                   nan(K, torch.float32), nan(K), pend, eps=1e-5, block_n=block_n, persist=persist)
         assert torch.equal(res, before[0]) and torch.equal(pools[cur], before[1])
         assert torch.equal(new_res, ref_res)
         assert torch.isfinite(out).all() and rel_err(out, ref_out) < (1e-5 if dtype == torch.float32 else 5e-3)

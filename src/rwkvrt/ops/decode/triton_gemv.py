@@ -17,6 +17,8 @@ Imports triton: only import this module on a machine that has it.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -41,6 +43,25 @@ LN_BLOCK_K: int | None = None
 LN_TILE = (16, 256)
 LN_STAGES = 3
 LN_NUM_WARPS: int | None = None
+# Batch-1 ln_gemv as a persistent kernel (``ln_gemv_persist_kernel``): a grid of LNP_PER_SM
+# programs per SM, each with the row statistics and the normed / shifted rows made once and a
+# balanced run of LNP_BLOCK_N-row blocks. Knobs for A/B runs; LN_PERSIST=False: the tiled kernel.
+LN_PERSIST = False
+LNP_BLOCK_N = 4
+LNP_PER_SM = 4
+LNP_STAGES = 3
+LNP_NUM_WARPS = 4
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count_cached(index) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _sm_count(device: torch.device) -> int:
+    """Multiprocessors of a CUDA device (3 off the GPU: the interpreter, so that programs take
+    several blocks each in the tests)."""
+    return _sm_count_cached(device.index) if device.type == "cuda" else 3
 
 
 @triton.jit
@@ -230,6 +251,49 @@ def ln_gemv_kernel(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, prev_ptr, slots
     _act_store(tl.sum(acc, axis=2), act_ptr, out_ptr, pid, m, n, mm, N, som, HAS_ACT)
 
 
+@triton.jit
+def ln_gemv_persist_kernel(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, prev_ptr, slots_ptr, mix_ptr, xn_ptr,
+                           psrc_ptr, pdst_ptr, pslots_ptr, w_ptr, out_ptr, xrow_ptr, act_ptr,
+                           N, NB, G, spb, smix, sxn, sps, spd, eps,
+                           K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_N: tl.constexpr, NPP: tl.constexpr,
+                           HAS_ACT: tl.constexpr, STAGES: tl.constexpr, HAS_PENDING: tl.constexpr, USE_PDL: tl.constexpr,
+                           PF_ROWS: tl.constexpr, PF_LINES: tl.constexpr, LINE_ELEMS: tl.constexpr):
+    """Grid (G,) (G is also passed), one batch row: ``ln_gemv_kernel``'s result, with program p taking the blocks
+    [p*NB//G, (p+1)*NB//G) of BLOCK_N rows (balanced to one block between programs). The row
+    statistics, the normed row xn and sh - xn (sh: the token-shift row) are made once per
+    program; each block then only loads its mix row (L1) and its [BLOCK_N, K] weights (the
+    whole K at once, pipelined over blocks), with the same roundings as ``_ln_lerp_tile``."""
+    pid = tl.program_id(0)
+    b0 = pid * NB // G
+    b1 = (pid + 1) * NB // G
+    if USE_PDL and PF_LINES > 0:
+        pr = b0 * BLOCK_N + tl.arange(0, PF_ROWS)
+        prefetch_rows(w_ptr, tl.minimum(pr, b1 * BLOCK_N - 1), K, N, PF_LINES, LINE_ELEMS)
+    wait_prev(USE_PDL)
+    ty = x_ptr.dtype.element_ty
+    m = tl.arange(0, 1)
+    mmask = m < 1
+    slot, mean, rstd = _ln_rows(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, slots_ptr, xn_ptr, psrc_ptr, pdst_ptr,
+                                pslots_ptr, m, mmask, 0, 0, 0, sxn, sps, spd, eps, pid == 0, K, K_PAD, HAS_PENDING)
+    cc = tl.arange(0, K_PAD)
+    kmask = cc < K
+    ht = tl.load(res_ptr + cc, mask=kmask, other=0.0).to(tl.float32)
+    ht = (ht + tl.load(x_ptr + cc, mask=kmask, other=0.0).to(tl.float32)).to(newres_ptr.dtype.element_ty)
+    xn = (ht.to(tl.float32) - tl.sum(mean)) * tl.sum(rstd) * tl.load(lnw_ptr + cc, mask=kmask, other=0.0).to(tl.float32)
+    xn = (xn + tl.load(lnb_ptr + cc, mask=kmask, other=0.0).to(tl.float32)).to(ty).to(tl.float32)
+    sh = tl.load(prev_ptr + tl.sum(slot) * spb + cc, mask=kmask, other=0.0)
+    diff = sh.to(ty).to(tl.float32) - xn
+    nn = tl.arange(0, BLOCK_N)
+    for i in tl.range(0, NPP, num_stages=STAGES):   # NPP = cdiv(NB, G): the last one may be empty
+        live = b0 + i < b1
+        blk = tl.minimum(b0 + i, NB - 1)
+        n = blk * BLOCK_N + nn
+        w = tl.load(w_ptr + n.to(tl.int64)[:, None] * K + cc[None, :], mask=live & kmask[None, :], other=0.0)
+        mix = tl.load(mix_ptr + tl.load(xrow_ptr + blk).to(tl.int64) * smix + cc, mask=kmask, other=0.0)
+        xin = (xn + diff * mix.to(tl.float32)).to(ty).to(tl.float32)
+        y = tl.sum(w.to(tl.float32) * xin[None, :], axis=1)
+        _act_store(y[None, :], act_ptr, out_ptr, blk, m, n, mmask[:, None] & live, N, 0, HAS_ACT)
+
 def ln_prologue_args(x, res, ln_w, ln_b, x_prev, slots, mix, out, new_res, xn_out, pending):
     """Checks shared by the kernels that use ``_ln_rows``; (src, pool, slots) of the pending copy
     (stand-ins, never read, when there is none)."""
@@ -248,16 +312,33 @@ def ln_prologue_args(x, res, ln_w, ln_b, x_prev, slots, mix, out, new_res, xn_ou
 
 def ln_gemv_triton(x, res, ln_w, ln_b, x_prev, slots, mix, W, groups, out, new_res, xn_out, pending=None, *,
                    eps: float = 1e-5, block_n: int | None = None, block_k: int | None = None,
-                   num_warps: int | None = None, stages: int | None = None, pdl: bool | None = None):
-    """See ``rwkvrt.ops.decode``: (out, new_res, xn_out)."""
+                   num_warps: int | None = None, stages: int | None = None, pdl: bool | None = None,
+                   persist: bool | None = None):
+    """See ``rwkvrt.ops.decode``: (out, new_res, xn_out). persist (None = LN_PERSIST): batch 1 through
+    ``ln_gemv_persist_kernel``."""
     M, K = x.shape
     N = W.shape[0]
     assert W.shape == (N, K) and W.is_contiguous(), "W must be a contiguous [N, K]"
     assert out.shape == (M, N) and mix.shape[1] == K, "shape mismatch"
     assert 1 <= M <= MAX_M, f"ln_gemv takes 1..{MAX_M} batch rows"
     psrc, pdst, pslots = ln_prologue_args(x, res, ln_w, ln_b, x_prev, slots, mix, out, new_res, xn_out, pending)
-    bn, bk, xrow, act = _plan(W, groups, block_n or LN_BLOCK_N, block_k or LN_BLOCK_K, LN_TILE)
     pdl = _pdl.resolve(pdl, W.device, "gemv")
+    if M == 1 and (LN_PERSIST if persist is None else persist):
+        bn = block_n or LNP_BLOCK_N
+        tables = groups.tables(W.device, bn)
+        assert tables is not None and N % bn == 0, "block_n must divide every group's rows and N"
+        nb = N // bn
+        grid = min(nb, _sm_count(W.device) * LNP_PER_SM)
+        pf_rows = triton.next_power_of_2(triton.cdiv(nb, grid) * bn)
+        ln_gemv_persist_kernel[(grid,)](
+            x, res, new_res, ln_w, ln_b, x_prev, slots, mix, xn_out, psrc, pdst, pslots, W, out, *tables,
+            N, nb, grid, x_prev.stride(0), mix.stride(0), xn_out.stride(0), psrc.stride(0), pdst.stride(0), float(eps),
+            K=K, K_PAD=triton.next_power_of_2(K), BLOCK_N=bn, NPP=triton.cdiv(nb, grid), HAS_ACT=any(groups.acts),
+            STAGES=LNP_STAGES if stages is None else stages, HAS_PENDING=pending is not None, USE_PDL=pdl,
+            PF_ROWS=pf_rows, PF_LINES=_pdl.prefetch_lines(grid * pf_rows, K * W.element_size()),
+            LINE_ELEMS=_pdl.L2_LINE // W.element_size(), num_warps=num_warps or LNP_NUM_WARPS, launch_pdl=pdl)
+        return out, new_res, xn_out
+    bn, bk, xrow, act = _plan(W, groups, block_n or LN_BLOCK_N, block_k or LN_BLOCK_K, LN_TILE)
     ln_gemv_kernel[(triton.cdiv(N, bn),)](
         x, res, new_res, ln_w, ln_b, x_prev, slots, mix, xn_out, psrc, pdst, pslots, W, out, xrow, act,
         M, N, x.stride(0), res.stride(0), new_res.stride(0), x_prev.stride(0), mix.stride(0), xn_out.stride(0),
