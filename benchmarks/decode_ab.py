@@ -12,6 +12,11 @@ Variants (comma separated; default: all that apply):
   pdl_on_except_K[+K2]    PDL on except for the kernel kinds K (gemv, ln, tmix)
   dch64 / dch128          decode with the time-mix kernel's LoRA-up tile at 64 / 128 rank columns
   tmix_w4 / tmix_w16      decode with the time-mix kernel at 4 / 16 warps
+  pfN         decode with N MB of L2 prefetch budget for the PDL kernels (rwkvrt.ops._pdl; default 4)
+  drop_K      diagnosis only (wrong tokens): decode with the kernels of kind K not launched, K one
+              of win (ln_gemv W_in), tmix, wo, key (the FFN key product), value (the sparse FFN
+              value): the step time without them, i.e. their marginal cost inside the graph
+  ln_tiled    decode with ln_fused on and ln_gemv's tiled kernel at batch 1 (not the persistent one)
   ln_on / ln_off          decode with ln_fused on / off (LayerNorm + lerps inside the next product)
   ffn_fused   decode with each layer's FFN as one ffn_fused launch (batch 1; needs ffn_sparse)
   ffn[_ln][_rN][_bkK][_bcC][_nwW][_stS][_vsS]  ffn_fused with N hidden rows per program, key K-tiles of
@@ -72,6 +77,27 @@ def timed(fn, reps: int) -> float:
     return statistics.median(ts)
 
 
+def _drop(m: RWKV7Fast, kind: str) -> None:
+    """Replace the op of one decode site by a stand-in that launches nothing (drop_* variants)."""
+    C, F = m.cfg.n_embd, m.cfg.d_ffn
+    ln_gemv, gemv = m.ops.ln_gemv if m.ln_fused else None, m.ops.gemv
+    if kind in ("win", "key"):
+        want = m.layers[0].W_in.shape[0] if kind == "win" else F
+
+        def ln_stub(x, res, ln_w, ln_b, x_prev, slots, mix, W, groups, out, new_res, xn_out, pending=None, **kw):
+            return (out, new_res, xn_out) if W.shape[0] == want else ln_gemv(
+                x, res, ln_w, ln_b, x_prev, slots, mix, W, groups, out, new_res, xn_out, pending, **kw)
+        m.ops.ln_gemv = ln_stub
+    elif kind == "tmix":
+        m.ops.tmix_lora = lambda rkvh, *a, **kw: rkvh[:, :C]
+    elif kind == "wo":
+        m.ops.gemv = lambda xs, W, groups, out, **kw: out if W.shape == (C, C) else gemv(xs, W, groups, out, **kw)
+    elif kind == "value":
+        m.ops.sparse_gemv = lambda h, WT, out, *a, **kw: out
+    else:
+        raise ValueError(f"drop_{kind}: expected win, tmix, wo, key or value")
+
+
 def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[int]]:
     """(tok/s of batch-1 decode, its first 24 greedy tokens) for variant v (model knobs set and
     restored around it)."""
@@ -83,6 +109,8 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
     ffn_knobs = (ffn_mod.ROWS, ffn_mod.BLOCK_K, ffn_mod.BLOCK_C, ffn_mod.NUM_WARPS, ffn_mod.STAGES, ffn_mod.VSTAGES,
                  getattr(m, "_ffn_scratch", None))
     off_kinds = set(_pdl.OFF_KINDS)
+    pf_budget = _pdl.PREFETCH_BUDGET
+    saved_ops = dict(vars(m.ops))
     try:
         if v == "ffn_noskip":
             sparse_mod.SKIP = False
@@ -119,6 +147,13 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
                 key = knob.rstrip("0123456789")
                 attr = {"bn": "LNP_BLOCK_N", "c": "LNP_PER_SM", "nw": "LNP_NUM_WARPS", "st": "LNP_STAGES"}[key]
                 setattr(gemv_mod, attr, int(knob[len(key):]))
+        elif v.startswith("pf"):
+            _pdl.PREFETCH_BUDGET = int(float(v[2:]) * (1 << 20))
+        elif v.startswith("drop_"):
+            _drop(m, v[5:])
+        elif v == "ln_tiled":
+            m.set_ln_fused(True)
+            gemv_mod.LN_PERSIST = False
         elif v in ("ln_on", "ln_off"):
             m.set_ln_fused(v == "ln_on")
         elif v.startswith("ln_"):
@@ -213,6 +248,12 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
         if m.ffn_sparse:
             for p in m.layers:
                 p.ffn_value = None
+        _pdl.PREFETCH_BUDGET = pf_budget
+        for k in list(vars(m.ops)):
+            if k not in saved_ops:
+                delattr(m.ops, k)
+        for k, fn in saved_ops.items():
+            setattr(m.ops, k, fn)
         _pdl.OFF_KINDS.clear()
         _pdl.OFF_KINDS.update(off_kinds)
 

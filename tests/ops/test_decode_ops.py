@@ -285,10 +285,10 @@ def test_sparse_rows_gemv_plan_and_bad_requests():
         mod.plan(64, 96, splits=2)
 
 
-@pytest.mark.parametrize("kernel", ["ln_gemv", "ffn_fused"])
+@pytest.mark.parametrize("kernel", ["ln_gemv", "ln_gemv_persist", "ffn_fused"])
 def test_ln_and_ffn_kernels_compile_for_sm90_without_spills(kernel):
     """Ahead-of-time sm_90 compile (no GPU needed) at the 1.5B shapes and default tiles: no spills
-    (ffn_fused has not run on a GPU yet; this at least catches a kernel that no longer compiles)."""
+    (CI has no GPU: this at least catches a kernel that no longer compiles or starts spilling)."""
     pytest.importorskip("triton")
     from test_timemix_triton import sm90_ptxas_report
 
@@ -303,6 +303,12 @@ def test_ln_and_ffn_kernels_compile_for_sm90_without_spills(kernel):
         ce = dict(K=2048, K_PAD=2048, BLOCK_N=bn, BLOCK_K=bk, M_PAD=1, HAS_ACT=True, EVEN_N=True,
                   STAGES=triton_gemv.LN_STAGES, **common)
         rep = sm90_ptxas_report(triton_gemv.ln_gemv_kernel, types, ce, triton_gemv.NUM_WARPS, div16_extra=strides)
+    elif kernel == "ln_gemv_persist":   # at its largest default width (LNP_MAX_K)
+        K = triton_gemv.LNP_MAX_K
+        ce = dict(K=K, K_PAD=K, BLOCK_N=triton_gemv.LNP_BLOCK_N, NPP=4, HAS_ACT=True, STAGES=triton_gemv.LNP_STAGES,
+                  PF_ROWS=32, **common)
+        rep = sm90_ptxas_report(triton_gemv.ln_gemv_persist_kernel, types, ce, triton_gemv.LNP_NUM_WARPS,
+                                div16_extra=("spb", "smix", "sxn", "sps", "spd"))
     else:
         R = triton_ffn.plan(8192)
         ce = dict(C=2048, C_PAD=2048, F=8192, R=R, BLOCK_K=triton_ffn.BLOCK_K, BLOCK_C=triton_ffn.BLOCK_C,
