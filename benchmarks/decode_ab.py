@@ -14,6 +14,8 @@ Variants (comma separated; default: all that apply):
   tmix_w4 / tmix_w16      decode with the time-mix kernel at 4 / 16 warps
   sp[_sN][_stS][_nwW][_bkK][_bnN][_fx]  decode with the sparse FFN value op at N splits, S stages,
               W warps, K rows per tile, N columns per block; _fx: the fixed-point reduction
+  gv[_bnN][_bkK][_nwW][_stS]  decode with the Wo products (the [C, C] grouped_gemv) at N rows per
+              program, K-tiles of K, W warps, S stages
   pfN         decode with N MB of L2 prefetch budget for the PDL kernels (rwkvrt.ops._pdl; default 4)
   drop_K      diagnosis only (wrong tokens): decode with the kernels of kind K not launched, K one
               of win (ln_gemv W_in), tmix, wo, key (the FFN key product), value (the sparse FFN
@@ -163,6 +165,12 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
                     kw[{"s": "splits", "bn": "block_n"}[key]] = int(knob[len(key):])
             if kw or sparse_mod.BLOCK_K != sp_knobs[2]:
                 m._sparse_scratch = sparse_mod.SparseScratch(m.cfg.n_embd, m.cfg.d_ffn, m.device, **kw)
+        elif v.startswith("gv"):
+            names = {"bn": "block_n", "bk": "block_k", "nw": "num_warps", "st": "stages"}
+            kw = {names[k[:2]]: int(k[2:]) for k in v.split("_")[1:]}
+            C, gemv = m.cfg.n_embd, m.ops.gemv
+            m.ops.gemv = lambda xs, W, groups, out, **k: gemv(xs, W, groups, out, **({**k, **kw} if W.shape == (C, C)
+                                                                                         else k))
         elif v.startswith("pf"):
             _pdl.PREFETCH_BUDGET = int(float(v[2:]) * (1 << 20))
         elif v.startswith("drop_"):

@@ -277,11 +277,12 @@ def test_sparse_rows_gemv_matches_reference_chained(kernel_device, M, dtype, red
 
 def test_sparse_rows_gemv_plan_and_bad_requests():
     mod = _sparse()
-    # the published FFN shapes: every program has >= 2 tiles, at most MAX_SPLITS splits
-    assert mod.plan(2048, 8192) == (256, 32, 32) and mod.plan(4096, 16384) == (256, 32, 32)
+    # the published FFN shapes: every program has >= 2 tiles, at most MAX_SPLITS splits (64 up to 2048)
+    assert mod.plan(2048, 8192) == (256, 32, 64) and mod.plan(4096, 16384) == (256, 32, 32)
     for C in (768, 2048, 4096):
         bn, bk, s = mod.plan(C, 4 * C)
-        assert (4 * C) % (bk * s) == 0 and (4 * C) // (bk * s) >= 2 and s <= mod.MAX_SPLITS
+        assert (4 * C) % (bk * s) == 0 and (4 * C) // (bk * s) >= 2
+        assert s <= (mod.WIDE_SPLITS if C <= mod.WIDE_MAX_N else mod.MAX_SPLITS)
     assert mod.plan(64, 32) == (128, 32, 1)
     with pytest.raises(ValueError, match="multiple of 16"):
         mod.plan(64, 40)

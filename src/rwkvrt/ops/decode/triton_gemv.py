@@ -46,14 +46,14 @@ LN_NUM_WARPS: int | None = None
 # Batch-1 ln_gemv as a persistent kernel (``ln_gemv_persist_kernel``): a grid of LNP_PER_SM
 # programs per SM, each with the row statistics and the normed / shifted rows made once and a
 # balanced run of LNP_BLOCK_N-row blocks. LN_PERSIST None: on up to LNP_MAX_K columns. H100 decode
-# b1 (session 7): 0.1B 3,139 tok/s with 8-row blocks at 8 warps against 2,849 tiled (4-row blocks
-# 2,543); 1.5B 598-690 in every setting against 690 tiled (each block's mix row is a load that
-# depends on a load, and the tiled kernel is not short of balance: SMs idle 26% in both).
+# b1 in the graph (session 7, decode_ab): 0.1B 3,126-3,139 tok/s against 2,842-2,849 tiled; 1.5B
+# 704.3 / 704.8 at 8-row blocks, 8 warps, 2 stages against 687.9 / 687.4 tiled (4-row blocks at
+# 4 warps: 598-650). 7.2B (4096 columns) has ln_fused off.
 LN_PERSIST: bool | None = None
-LNP_MAX_K = 1024
+LNP_MAX_K = 2048
 LNP_BLOCK_N = 8
 LNP_PER_SM = 4
-LNP_STAGES = 3
+LNP_STAGES = 2
 LNP_NUM_WARPS = 8
 
 

@@ -37,6 +37,9 @@ from .._pdl import wait_prev
 MAX_M = 8             # batch rows per launch (the decode path's bucket limit)
 BLOCK_K = 32          # rows of WT per tile
 MAX_SPLITS = 32
+# up to this many column-block widths: 64 splits (H100 1.5B decode b1 in the graph: 702.6 / 701.2
+# tok/s against 687.4 / 687.9 at 32; 7.2B not measured, kept at 32)
+WIDE_SPLITS, WIDE_MAX_N = 64, 2048
 STAGES = 3
 NUM_WARPS = 2          # H200 sweep: 2 warps best at both FFN shapes (7.2B 26.7 -> 23.3 us, 1.5B 10.2 -> 9.9)
 REDUCE_ELEMS = 4096   # partial sums per program per load in the last program's reduction
@@ -135,8 +138,9 @@ def sparse_rows_gemv_kernel(h_ptr, wt_ptr, out_ptr, part_ptr, count_ptr, acc_ptr
 def plan(N: int, K: int, block_n: int | None = None, splits: int | None = None,
          block_k: int | None = None) -> tuple[int, int, int]:
     """(block_n, block_k, splits) for WT [K, N]: column blocks of 256 (128 below N = 2048), rows
-    split in up to MAX_SPLITS parts of at least two tiles. H100/H200 sweeps (docs/perf.md):
-    256 x 32 splits is the best or within 5% of it at the 1.5B and 7.2B FFN shapes."""
+    split in up to MAX_SPLITS parts (WIDE_SPLITS up to N = WIDE_MAX_N) of at least two tiles.
+    H100/H200 standalone sweeps (docs/perf.md): 256 x 32 splits is the best or within 5% of it at
+    the 1.5B and 7.2B FFN shapes; inside the 1.5B decode graph 64 splits win by 2%."""
     bn = block_n or (256 if N >= 2048 else 128)
     bk = block_k or BLOCK_K
     while K % bk and bk > 16:
@@ -145,7 +149,8 @@ def plan(N: int, K: int, block_n: int | None = None, splits: int | None = None,
         raise ValueError(f"sparse_rows_gemv needs K (={K}) to be a multiple of 16")
     tiles = K // bk
     if splits is None:
-        splits = max(d for d in range(1, min(tiles, MAX_SPLITS) + 1)
+        cap = WIDE_SPLITS if N <= WIDE_MAX_N else MAX_SPLITS
+        splits = max(d for d in range(1, min(tiles, cap) + 1)
                      if tiles % d == 0 and (tiles // d >= 2 or d == 1))
     if tiles % splits:
         raise ValueError(f"splits={splits} must divide the {tiles} row tiles")
