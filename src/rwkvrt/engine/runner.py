@@ -55,11 +55,19 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
 def counter_noise(seed: torch.Tensor, counter: torch.Tensor, token_hash: torch.Tensor) -> torch.Tensor:
     """Exponential(1) noise [B, V] float32 from per-row seed [B] and counter [B] (int64, [0, 2**32)).
 
-    token_hash [V] int64 = _hash32(arange(V)) (precomputed). Uniforms have 24 random bits."""
+    token_hash [V] int64 = _hash32(arange(V)) (precomputed). Uniforms have 23 random bits."""
     key = _hash32(seed ^ _hash32(counter & _M32))  # [B]
     h = _hash32(token_hash[None, :] ^ key[:, None])  # [B, V]
-    u = ((h >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
-    return -torch.log(u)
+    return -torch.log(_open_uniform(h))
+
+
+def _open_uniform(h: torch.Tensor) -> torch.Tensor:
+    """float32 uniforms strictly inside (0, 1) from 32-bit hashes: (top 23 bits + 0.5) / 2**23.
+
+    Every value is exact in float32. (With 24 bits, (2**24 - 1) + 0.5 rounds up to 2**24 and u = 1:
+    a noise of exactly 0, whose log is -inf, turned every removed token's -inf into NaN and argmax
+    picked one, once in ~2**24 draws; that was the graph-vs-eager "defect" of the runner tests.)"""
+    return ((h >> 9).to(torch.float32) + 0.5) * (1.0 / (1 << 23))
 
 
 @dataclass
