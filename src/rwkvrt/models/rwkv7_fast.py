@@ -142,7 +142,8 @@ class RWKV7Fast:
         instead of 7. None = RWKVRT_LN_FUSED (0 / 1), default on up to n_embd LN_FUSED_MAX_EMBD.
     ffn_fused: batch-1 decode runs each layer's FFN (ln2, key, relu^2, the value rows that the
         zeros leave) as one ``ffn_fused`` launch: 4 launches per layer. Needs ln_fused and
-        ffn_sparse (else off). None = RWKVRT_FFN_FUSED (0 / 1), default off: not yet measured.
+        ffn_sparse (else off). None = RWKVRT_FFN_FUSED (0 / 1), default off: 0.9x the two-launch
+        FFN at 1.5B on an H100 (one program per SM keeps too few bytes in flight).
     ffn_sparse: in the decode ops at batch 1, the FFN value product skips the rows of its weight
         that the relu^2 activations multiply by zero (``sparse_rows_gemv``; the weight is then
         kept transposed, [4C, C], for every path: no second copy; 2..decode_max_batch rows use

@@ -44,8 +44,9 @@ with ``ln_gemv`` (each add_ln_lerp made inside the product that consumes it).
     copy (mix [1, C]), then out = relu(xk @ Wk.T) ** 2 @ WvT with Wk [F, C] and WvT [F, C]
     (W_value transposed, as ``ffn_sparse`` keeps it); h is rounded to the activation dtype as
     the two-launch path stores it, rows of WvT that h zeroes are not read. out [1, C] WRITTEN.
-    scratch: ``FfnScratch(F, C, device)`` (the kernel's partial sums and counters; the
-    reference's factory returns None). Opt-in (``RWKV7Fast(ffn_fused=True)``), unmeasured.
+    scratch: ``FfnScratch(F, C, device)`` (the kernel's fixed-point accumulator and ticket; the
+    reference's factory returns None). Opt-in (``RWKV7Fast(ffn_fused=True)``): H100 1.5B decode
+    b1 0.9x the two-launch FFN at its best tile (docs/perf.md, session 7).
 
     out = tmix_lora_step(rkvh, state, slots, *, lora, up, w0, a0, v0, v_first, k_k, k_a, r_k, ln_w, ln_b)
 
