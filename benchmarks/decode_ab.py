@@ -16,8 +16,6 @@ Variants (comma separated; default: all that apply):
               W warps, K rows per tile, N columns per block; _fx: the fixed-point reduction
   gv[_bnN][_bkK][_nwW][_stS]  decode with the Wo products (the [C, C] grouped_gemv) at N rows per
               program, K-tiles of K, W warps, S stages
-  vpf[_lN]    decode with the FFN key product prefetching into L2 the value rows it makes nonzero
-              (N lines of each row; default the whole row)
   pfN         decode with N MB of L2 prefetch budget for the PDL kernels (rwkvrt.ops._pdl; default 4)
   drop_K      diagnosis only (wrong tokens): decode with the kernels of kind K not launched, K one
               of win (ln_gemv W_in), tmix, wo, key (the FFN key product), value (the sparse FFN
@@ -110,7 +108,6 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
     saved = (m.pdl, tmix_mod.DCH, tmix_mod.NUM_WARPS, m.ffn_sparse, m.layer_fused, layer_mod.MAXNREG, layer_mod.SLAB,
              layer_mod.NCH, layer_mod.TICKET, layer_mod.UP_PREFETCH, m.ln_fused, gemv_mod.LN_BLOCK_N, gemv_mod.LN_STAGES,
              gemv_mod.LN_BLOCK_K, gemv_mod.LN_NUM_WARPS, m.ffn_fused)
-    vpf_knobs = (gemv_mod.NEXT_PREFETCH, gemv_mod.NEXT_PREFETCH_LINES)
     lnp_knobs = (gemv_mod.LN_PERSIST, gemv_mod.LNP_BLOCK_N, gemv_mod.LNP_PER_SM, gemv_mod.LNP_NUM_WARPS,
                  gemv_mod.LNP_STAGES)
     ffn_knobs = (ffn_mod.ROWS, ffn_mod.BLOCK_K, ffn_mod.BLOCK_C, ffn_mod.NUM_WARPS, ffn_mod.STAGES, ffn_mod.VSTAGES,
@@ -174,10 +171,6 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
             C, gemv = m.cfg.n_embd, m.ops.gemv
             m.ops.gemv = lambda xs, W, groups, out, **k: gemv(xs, W, groups, out, **({**k, **kw} if W.shape == (C, C)
                                                                                          else k))
-        elif v.startswith("vpf"):
-            gemv_mod.NEXT_PREFETCH = True
-            for knob in v.split("_")[1:]:
-                gemv_mod.NEXT_PREFETCH_LINES = int(knob[1:])
         elif v.startswith("pf"):
             _pdl.PREFETCH_BUDGET = int(float(v[2:]) * (1 << 20))
         elif v.startswith("drop_"):
@@ -280,7 +273,6 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
             for p in m.layers:
                 p.ffn_value = None
         _pdl.PREFETCH_BUDGET = pf_budget
-        gemv_mod.NEXT_PREFETCH, gemv_mod.NEXT_PREFETCH_LINES = vpf_knobs
         sparse_mod.STAGES, sparse_mod.NUM_WARPS, sparse_mod.BLOCK_K, sparse_mod.FIXED, sp_scratch = sp_knobs
         if sp_scratch is not None:
             m._sparse_scratch = sp_scratch

@@ -415,11 +415,9 @@ class RWKV7Fast:
                 x = x.view(B, 1, C)
                 continue
             if self.ln_fused:
-                # batch 1 with ffn_sparse: the value rows the relu^2 leaves may be prefetched (a hint)
-                h, res, xn = self.ops.ln_gemv(att, res, p.ln2[0], p.ln2[1], state.ffn_x[i], slots, p.ffn_mix,
-                                              p.ffn_key, p.key_groups, new(p.ffn_key.shape[0]), res32(), new(C),
-                                              (xn, state.att_x[i], slots), eps=LN_EPS, pdl=self.pdl,
-                                              next_rows=p.ffn_value_t if self.ffn_sparse and B == 1 else None)
+                h, res, xn = ln_gemv(att, res, p.ln2[0], p.ln2[1], state.ffn_x[i], slots, p.ffn_mix,
+                                     p.ffn_key, p.key_groups, new(p.ffn_key.shape[0]), res32(), new(C),
+                                     (xn, state.att_x[i], slots))
             else:
                 xk, res = self.ops.shift.add_ln_lerp(att.view(B, 1, C), res, p.ln2[0], p.ln2[1], state.ffn_x[i],
                                                      p.ffn_mix, eps=LN_EPS, slots=slots, pdl=self.pdl)

@@ -20,7 +20,7 @@ with ``ln_gemv`` (each add_ln_lerp made inside the product that consumes it).
              the device default, False = off; the references ignore it
 
     out, new_res, xn_out = ln_gemv(x, res, ln_w, ln_b, x_prev, slots, mix, W, groups, out, new_res, xn_out,
-                                   pending=None, *, eps, next_rows=None)
+                                   pending=None, *, eps)
 
     grouped_gemv whose input rows are add_ln_lerp's, made inside the product's programs (one
     launch instead of two: no normed rows written and read back, one dependency hop fewer).
@@ -36,9 +36,6 @@ with ``ln_gemv`` (each add_ln_lerp made inside the product that consumes it).
              (an earlier call's xn_out; pool must not be this call's x_prev)
     out    = act_i(lerp(xn, x_prev, mix[xrow_i]) @ W[rows of group i].T), exactly add_ln_lerp's
              rows (rounded to the activation dtype) fed to grouped_gemv
-    next_rows: [N, C2] or None, a hint with no effect on results: a kernel may prefetch into L2
-    the rows i of it whose output is > 0 (the FFN key site passes W_value^T: the rows the sparse
-    value product will read).
 
     out, new_res, xn_out = ffn_fused(x, res, ln_w, ln_b, x_prev, slots, mix, Wk, WvT, out, new_res, xn_out,
                                      pending, scratch, *, eps)

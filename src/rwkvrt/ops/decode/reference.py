@@ -76,8 +76,8 @@ def grouped_gemv_reference(xs: torch.Tensor, W: torch.Tensor, groups: RowGroups,
 
 
 def ln_gemv_reference(x, res, ln_w, ln_b, x_prev, slots, mix, W, groups: RowGroups, out, new_res, xn_out,
-                      pending=None, *, eps: float = 1e-5, pdl=None, next_rows=None):
-    """See ``rwkvrt.ops.decode`` (next_rows, a prefetch hint, is ignored): the pending copy, then add_ln_lerp's reference (on a copy of
+                      pending=None, *, eps: float = 1e-5, pdl=None):
+    """See ``rwkvrt.ops.decode``: the pending copy, then add_ln_lerp's reference (on a copy of
     the x_prev rows: the pool is not updated here) and grouped_gemv's."""
     from ..token_shift.reference import add_ln_lerp_reference
 

@@ -55,9 +55,6 @@ LNP_BLOCK_N = 8
 LNP_PER_SM = 4
 LNP_STAGES = 2
 LNP_NUM_WARPS = 8
-# the FFN key site's prefetch of the value rows it makes nonzero (``next_rows``): an A/B knob, off
-NEXT_PREFETCH = False
-NEXT_PREFETCH_LINES = 32      # L2 lines per row (32 = a whole 2048-wide fp16 row)
 
 
 @functools.lru_cache(maxsize=None)
@@ -260,21 +257,16 @@ def ln_gemv_kernel(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, prev_ptr, slots
 
 @triton.jit
 def ln_gemv_persist_kernel(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, prev_ptr, slots_ptr, mix_ptr, xn_ptr,
-                           psrc_ptr, pdst_ptr, pslots_ptr, w_ptr, out_ptr, xrow_ptr, act_ptr, next_ptr,
+                           psrc_ptr, pdst_ptr, pslots_ptr, w_ptr, out_ptr, xrow_ptr, act_ptr,
                            N, NB, G, spb, smix, sxn, sps, spd, eps,
                            K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_N: tl.constexpr, NPP: tl.constexpr,
                            HAS_ACT: tl.constexpr, STAGES: tl.constexpr, HAS_PENDING: tl.constexpr, USE_PDL: tl.constexpr,
-                           PF_ROWS: tl.constexpr, PF_LINES: tl.constexpr, LINE_ELEMS: tl.constexpr,
-                           NEXT_LINES: tl.constexpr, NEXT_K: tl.constexpr):
+                           PF_ROWS: tl.constexpr, PF_LINES: tl.constexpr, LINE_ELEMS: tl.constexpr):
     """Grid (G,) (G is also passed), one batch row: ``ln_gemv_kernel``'s result, with program p taking the blocks
     [p*NB//G, (p+1)*NB//G) of BLOCK_N rows (balanced to one block between programs). The row
     statistics, the normed row xn and sh - xn (sh: the token-shift row) are made once per
     program; each block then only loads its mix row (L1) and its [BLOCK_N, K] weights (the
-    whole K at once, pipelined over blocks), with the same roundings as ``_ln_lerp_tile``.
-    NEXT_LINES > 0 (a hint, no effect on results): for each output row whose product is > 0 (a
-    relu^2 row that is not zero), prefetch the first NEXT_LINES L2 lines of row n of next_ptr
-    ([N, NEXT_K], the FFN value weight transposed, whose zero rows the next kernel skips), and
-    stream this kernel's own weights with evict_first so that they do not push those out."""
+    whole K at once, pipelined over blocks), with the same roundings as ``_ln_lerp_tile``."""
     pid = tl.program_id(0)
     b0 = pid * NB // G
     b1 = (pid + 1) * NB // G
@@ -300,20 +292,10 @@ def ln_gemv_persist_kernel(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, prev_pt
         live = b0 + i < b1
         blk = tl.minimum(b0 + i, NB - 1)
         n = blk * BLOCK_N + nn
-        if NEXT_LINES > 0:
-            w = tl.load(w_ptr + n.to(tl.int64)[:, None] * K + cc[None, :], mask=live & kmask[None, :], other=0.0,
-                        eviction_policy="evict_first")
-        else:
-            w = tl.load(w_ptr + n.to(tl.int64)[:, None] * K + cc[None, :], mask=live & kmask[None, :], other=0.0)
+        w = tl.load(w_ptr + n.to(tl.int64)[:, None] * K + cc[None, :], mask=live & kmask[None, :], other=0.0)
         mix = tl.load(mix_ptr + tl.load(xrow_ptr + blk).to(tl.int64) * smix + cc, mask=kmask, other=0.0)
         xin = (xn + diff * mix.to(tl.float32)).to(ty).to(tl.float32)
         y = tl.sum(w.to(tl.float32) * xin[None, :], axis=1)
-        if NEXT_LINES > 0:
-            # rows the relu^2 zeroes point at row 0 (one line set, already in L2 after the first)
-            prow = tl.where((y > 0) & live, n, 0).to(tl.int64)
-            pp = next_ptr + prow[:, None] * NEXT_K + (tl.arange(0, NEXT_LINES) * LINE_ELEMS)[None, :]
-            tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // dummy $0", "=r,l", [pp], dtype=tl.int32,
-                                      is_pure=False, pack=1)
         _act_store(y[None, :], act_ptr, out_ptr, blk, m, n, mmask[:, None] & live, N, 0, HAS_ACT)
 
 def ln_prologue_args(x, res, ln_w, ln_b, x_prev, slots, mix, out, new_res, xn_out, pending):
@@ -335,11 +317,9 @@ def ln_prologue_args(x, res, ln_w, ln_b, x_prev, slots, mix, out, new_res, xn_ou
 def ln_gemv_triton(x, res, ln_w, ln_b, x_prev, slots, mix, W, groups, out, new_res, xn_out, pending=None, *,
                    eps: float = 1e-5, block_n: int | None = None, block_k: int | None = None,
                    num_warps: int | None = None, stages: int | None = None, pdl: bool | None = None,
-                   persist: bool | None = None, next_rows: torch.Tensor | None = None):
+                   persist: bool | None = None):
     """See ``rwkvrt.ops.decode``: (out, new_res, xn_out). persist (None: LN_PERSIST, whose None is K <=
-    LNP_MAX_K): batch 1 through ``ln_gemv_persist_kernel``. next_rows [N, C2] (a hint, the
-    persistent kernel on a GPU only, when NEXT_PREFETCH): L2 prefetch of its rows whose output is
-    > 0 (the FFN value rows the sparse product will read)."""
+    LNP_MAX_K): batch 1 through ``ln_gemv_persist_kernel``."""
     M, K = x.shape
     N = W.shape[0]
     assert W.shape == (N, K) and W.is_contiguous(), "W must be a contiguous [N, K]"
@@ -355,22 +335,14 @@ def ln_gemv_triton(x, res, ln_w, ln_b, x_prev, slots, mix, W, groups, out, new_r
         assert tables is not None and N % bn == 0, "block_n must divide every group's rows and N"
         nb = N // bn
         grid = min(nb, _sm_count(W.device) * LNP_PER_SM)
-        if next_rows is not None:
-            assert next_rows.shape[0] == N and next_rows.is_contiguous() and next_rows.dtype == W.dtype
-            per_row = next_rows.shape[1] * next_rows.element_size() // _pdl.L2_LINE
-            next_lines = min(NEXT_PREFETCH_LINES, 1 << max(per_row.bit_length() - 1, 0)) if per_row else 0
-            if not (NEXT_PREFETCH and pdl and next_lines > 0):   # inline PTX: a GPU with PDL only
-                next_rows = None
         pf_rows = triton.next_power_of_2(triton.cdiv(nb, grid) * bn)
         ln_gemv_persist_kernel[(grid,)](
             x, res, new_res, ln_w, ln_b, x_prev, slots, mix, xn_out, psrc, pdst, pslots, W, out, *tables,
-            W if next_rows is None else next_rows,
             N, nb, grid, x_prev.stride(0), mix.stride(0), xn_out.stride(0), psrc.stride(0), pdst.stride(0), float(eps),
             K=K, K_PAD=triton.next_power_of_2(K), BLOCK_N=bn, NPP=triton.cdiv(nb, grid), HAS_ACT=any(groups.acts),
             STAGES=LNP_STAGES if stages is None else stages, HAS_PENDING=pending is not None, USE_PDL=pdl,
             PF_ROWS=pf_rows, PF_LINES=_pdl.prefetch_lines(grid * pf_rows, K * W.element_size()),
-            LINE_ELEMS=_pdl.L2_LINE // W.element_size(), num_warps=num_warps or LNP_NUM_WARPS, launch_pdl=pdl,
-            NEXT_LINES=0 if next_rows is None else next_lines, NEXT_K=0 if next_rows is None else next_rows.shape[1])
+            LINE_ELEMS=_pdl.L2_LINE // W.element_size(), num_warps=num_warps or LNP_NUM_WARPS, launch_pdl=pdl)
         return out, new_res, xn_out
     bn, bk, xrow, act = _plan(W, groups, block_n or LN_BLOCK_N, block_k or LN_BLOCK_K, LN_TILE)
     ln_gemv_kernel[(triton.cdiv(N, bn),)](
