@@ -45,17 +45,15 @@ NUM_WARPS = 2          # H200 sweep: 2 warps best at both FFN shapes (7.2B 26.7 
 REDUCE_ELEMS = 4096   # partial sums per program per load in the last program's reduction
 EARLY_MASK = True     # every tile's row mask computed before the main loop (False: per tile, A/B knob)
 SKIP = True           # False: load every row (the dense rate of this layout; an A/B knob)
-FIXED = False         # True: fixed-point int64 atomic sums instead of fp32 partials + last-program sum
-FIXED_ONE: tl.constexpr = tl.constexpr(4294967296.0)   # 2**32 (see triton_ffn)
 
 
 @triton.jit
-def sparse_rows_gemv_kernel(h_ptr, wt_ptr, out_ptr, part_ptr, count_ptr, acc_ptr, M, N, shm, som, sps,
+def sparse_rows_gemv_kernel(h_ptr, wt_ptr, out_ptr, part_ptr, count_ptr, M, N, shm, som, sps,
                             K_SPLIT: tl.constexpr, SPLITS: tl.constexpr, BLOCK_N: tl.constexpr,
                             BLOCK_K: tl.constexpr, M_PAD: tl.constexpr, SKIP: tl.constexpr,
                             IEEE: tl.constexpr, STAGES: tl.constexpr, USE_PDL: tl.constexpr,
                             S_CHUNK: tl.constexpr, N_CHUNKS: tl.constexpr, EARLY_MASK: tl.constexpr,
-                            TILES_PAD: tl.constexpr, FIXED: tl.constexpr):
+                            TILES_PAD: tl.constexpr):
     """Grid (cdiv(N, BLOCK_N), SPLITS). out[m, n] = sum_k h[m, k] * WT[k, n] (module docstring).
     SKIP=False loads every row (the same tiles and sums: the dense rate of this layout).
     The last program reads the partials S_CHUNK splits at a time (N_CHUNKS * S_CHUNK >= SPLITS),
@@ -103,37 +101,24 @@ def sparse_rows_gemv_kernel(h_ptr, wt_ptr, out_ptr, part_ptr, count_ptr, acc_ptr
             acc = tl.dot(h, w, acc)
         h_ptrs += BLOCK_K
         w_ptrs += BLOCK_K * N
-    if FIXED:
-        # fixed-point int64 sums (as ffn_fused): the same bits in any arrival order, and the last
-        # program of a column block reads one row per batch row instead of SPLITS partials
-        fixed = tl.floor(acc * FIXED_ONE + 0.5).to(tl.int64)
-        tl.atomic_add(acc_ptr + m[:, None] * N + n[None, :], fixed, mask=mmask[:, None] & nmask[None, :],
-                      sem="relaxed", scope="gpu")
-    else:
-        tl.store(part_ptr + pid_s * sps + m[:, None] * N + n[None, :], acc, mask=mmask[:, None] & nmask[None, :])
+    tl.store(part_ptr + pid_s * sps + m[:, None] * N + n[None, :], acc, mask=mmask[:, None] & nmask[None, :])
     # every thread's partial stores are issued before the one release below
     tl.debug_barrier()
     old = tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
     if old == SPLITS - 1:
-        if FIXED:
-            cell = acc_ptr + m[:, None] * N + n[None, :]
-            cm = mmask[:, None] & nmask[None, :]
-            tot = tl.atomic_xchg(cell, tl.zeros([M_PAD, BLOCK_N], dtype=tl.int64), mask=cm, sem="relaxed", scope="gpu")
-            tl.store(out_ptr + m[:, None] * som + n[None, :],
-                     (tot.to(tl.float32) * (1.0 / FIXED_ONE)).to(out_ptr.dtype.element_ty), mask=cm)
-        else:
-            sc = tl.arange(0, S_CHUNK)
-            mi = 0
-            while mi < M:
-                tot = tl.zeros([BLOCK_N], dtype=tl.float32)
-                for c in tl.static_range(N_CHUNKS):  # fixed order: the same sum whichever program is last
-                    ss = c * S_CHUNK + sc
-                    tile = tl.load(part_ptr + ss[:, None] * sps + mi * N + n[None, :],
-                                   mask=(ss < SPLITS)[:, None] & nmask[None, :], other=0.0, cache_modifier=".cg")
-                    tot += tl.sum(tile, axis=0)
-                tl.store(out_ptr + mi * som + n, tot.to(out_ptr.dtype.element_ty), mask=nmask)
-                mi += 1
+        sc = tl.arange(0, S_CHUNK)
+        mi = 0
+        while mi < M:
+            tot = tl.zeros([BLOCK_N], dtype=tl.float32)
+            for c in tl.static_range(N_CHUNKS):  # fixed order: the same sum whichever program is last
+                ss = c * S_CHUNK + sc
+                tile = tl.load(part_ptr + ss[:, None] * sps + mi * N + n[None, :],
+                               mask=(ss < SPLITS)[:, None] & nmask[None, :], other=0.0, cache_modifier=".cg")
+                tot += tl.sum(tile, axis=0)
+            tl.store(out_ptr + mi * som + n, tot.to(out_ptr.dtype.element_ty), mask=nmask)
+            mi += 1
         tl.atomic_xchg(count_ptr + pid_n, 0, sem="relaxed", scope="gpu")  # the next launch starts at 0
+
 
 def plan(N: int, K: int, block_n: int | None = None, splits: int | None = None,
          block_k: int | None = None) -> tuple[int, int, int]:
@@ -166,14 +151,13 @@ class SparseScratch:
         self.block_n, self.block_k, self.splits = plan(N, K, block_n, splits, block_k)
         self.part = torch.empty(self.splits, MAX_M, N, device=device, dtype=torch.float32)
         self.count = torch.zeros(triton.cdiv(N, self.block_n), device=device, dtype=torch.int32)
-        self.acc = torch.zeros(MAX_M, N, device=device, dtype=torch.int64)   # FIXED's sums (zero between launches)
 
 
 def sparse_rows_gemv_triton(h: torch.Tensor, WT: torch.Tensor, out: torch.Tensor, scratch: SparseScratch, *,
                             pdl: bool | None = None, skip: bool | None = None, stages: int | None = None,
-                            num_warps: int | None = None, fixed: bool | None = None) -> torch.Tensor:
+                            num_warps: int | None = None) -> torch.Tensor:
     """See ``rwkvrt.ops.decode``. ``skip=False``: load every row (same tiles; for measuring;
-    None = the module's SKIP). ``fixed``: the fixed-point reduction (None = the module's FIXED)."""
+    None = the module's SKIP)."""
     M, K = h.shape
     N = WT.shape[1]
     assert WT.shape == (K, N) and WT.is_contiguous(), "WT must be a contiguous [K, N]"
@@ -185,11 +169,10 @@ def sparse_rows_gemv_triton(h: torch.Tensor, WT: torch.Tensor, out: torch.Tensor
     pdl = _pdl.resolve(pdl, WT.device, "gemv")
     sc = min(triton.next_power_of_2(S), max(1, REDUCE_ELEMS // bn))
     sparse_rows_gemv_kernel[(triton.cdiv(N, bn), S)](
-        h, WT, out, scratch.part, scratch.count, scratch.acc, M, N, h.stride(0), out.stride(0), scratch.part.stride(0),
+        h, WT, out, scratch.part, scratch.count, M, N, h.stride(0), out.stride(0), scratch.part.stride(0),
         K_SPLIT=K // S, SPLITS=S, EARLY_MASK=EARLY_MASK, TILES_PAD=triton.next_power_of_2(K // S // bk),
         S_CHUNK=sc, N_CHUNKS=triton.cdiv(S, sc), BLOCK_N=bn, BLOCK_K=bk, M_PAD=16,
         SKIP=SKIP if skip is None else skip, IEEE=h.dtype == torch.float32,
         STAGES=STAGES if stages is None else stages, USE_PDL=pdl,
-        FIXED=FIXED if fixed is None else fixed,
         num_warps=NUM_WARPS if num_warps is None else num_warps, launch_pdl=pdl)
     return out
