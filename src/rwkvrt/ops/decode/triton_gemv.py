@@ -204,18 +204,36 @@ def _ln_rows(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, slots_ptr, xn_ptr, ps
 
 
 @triton.jit
+def _ln_shift_tile(k, m, mm, slot, mean, rstd, x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, prev_ptr, sxm, srm,
+                   spb, K: tl.constexpr, EVEN_K: tl.constexpr):
+    """fp32 ([M_PAD, len(k)] xn, sh): LayerNorm(res + x) and the token-shift rows at columns k,
+    rounded as add_ln_lerp rounds them (EVEN_K: every k < K, no column mask)."""
+    ty = x_ptr.dtype.element_ty
+    if EVEN_K:
+        km = mm
+        lw = tl.load(lnw_ptr + k).to(tl.float32)
+        lb = tl.load(lnb_ptr + k).to(tl.float32)
+    else:
+        km = mm & (k < K)[None, :]
+        lw = tl.load(lnw_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+        lb = tl.load(lnb_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+    ht = tl.load(res_ptr + m[:, None] * srm + k[None, :], mask=km, other=0.0).to(tl.float32)
+    ht = (ht + tl.load(x_ptr + m[:, None] * sxm + k[None, :], mask=km, other=0.0).to(tl.float32))
+    ht = ht.to(newres_ptr.dtype.element_ty).to(tl.float32)
+    xn = (ht - mean[:, None]) * rstd[:, None] * lw[None, :]
+    xn = (xn + lb[None, :]).to(ty).to(tl.float32)
+    sh = tl.load(prev_ptr + slot[:, None] * spb + k[None, :], mask=km, other=0.0).to(ty).to(tl.float32)
+    return xn, sh
+
+
+@triton.jit
 def _ln_lerp_tile(k, m, mm, slot, mean, rstd, x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, prev_ptr, mix_row,
                   sxm, srm, spb):
     """fp32 [M_PAD, len(k)]: the lerped input columns k, rounded as add_ln_lerp stores them."""
-    ty = x_ptr.dtype.element_ty
-    ht = tl.load(res_ptr + m[:, None] * srm + k[None, :], mask=mm, other=0.0).to(tl.float32)
-    ht = (ht + tl.load(x_ptr + m[:, None] * sxm + k[None, :], mask=mm, other=0.0).to(tl.float32))
-    ht = ht.to(newres_ptr.dtype.element_ty).to(tl.float32)
-    xn = (ht - mean[:, None]) * rstd[:, None] * tl.load(lnw_ptr + k).to(tl.float32)[None, :]
-    xn = (xn + tl.load(lnb_ptr + k).to(tl.float32)[None, :]).to(ty).to(tl.float32)
-    sh = tl.load(prev_ptr + slot[:, None] * spb + k[None, :], mask=mm, other=0.0).to(ty).to(tl.float32)
+    xn, sh = _ln_shift_tile(k, m, mm, slot, mean, rstd, x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, prev_ptr,
+                            sxm, srm, spb, 0, True)
     mix = tl.load(mix_row + k).to(tl.float32)
-    return (xn + (sh - xn) * mix[None, :]).to(ty).to(tl.float32)
+    return (xn + (sh - xn) * mix[None, :]).to(x_ptr.dtype.element_ty).to(tl.float32)
 
 
 @triton.jit
@@ -281,12 +299,10 @@ def ln_gemv_persist_kernel(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, prev_pt
                                 pslots_ptr, m, mmask, 0, 0, 0, sxn, sps, spd, eps, pid == 0, K, K_PAD, HAS_PENDING)
     cc = tl.arange(0, K_PAD)
     kmask = cc < K
-    ht = tl.load(res_ptr + cc, mask=kmask, other=0.0).to(tl.float32)
-    ht = (ht + tl.load(x_ptr + cc, mask=kmask, other=0.0).to(tl.float32)).to(newres_ptr.dtype.element_ty)
-    xn = (ht.to(tl.float32) - tl.sum(mean)) * tl.sum(rstd) * tl.load(lnw_ptr + cc, mask=kmask, other=0.0).to(tl.float32)
-    xn = (xn + tl.load(lnb_ptr + cc, mask=kmask, other=0.0).to(tl.float32)).to(ty).to(tl.float32)
-    sh = tl.load(prev_ptr + tl.sum(slot) * spb + cc, mask=kmask, other=0.0)
-    diff = sh.to(ty).to(tl.float32) - xn
+    xn, sh = _ln_shift_tile(cc, m, mmask[:, None], slot, mean, rstd, x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr,
+                            prev_ptr, 0, 0, spb, K, K == K_PAD)
+    xn = tl.reshape(xn, [K_PAD])
+    diff = tl.reshape(sh, [K_PAD]) - xn
     nn = tl.arange(0, BLOCK_N)
     for i in tl.range(0, NPP, num_stages=STAGES):   # NPP = cdiv(NB, G): the last one may be empty
         live = b0 + i < b1
