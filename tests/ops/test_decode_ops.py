@@ -120,8 +120,7 @@ def test_ffn_fused_matches_reference_chained(kernel_device, dtype, C, rows):
     """ffn_fused == ln_gemv (relu^2 key rows) + sparse_rows_gemv references over 3 chained calls
     with the pending copy, outputs poisoned, res / x_prev not mutated, the accumulator and ticket
     back at 0 (so the next call reduces again), the same bits when called again; about half the
-    hidden rows are zero, and one program's
-    rows are all zero (its value rows never read)."""
+    hidden rows are zero, and one program's rows are all zero (its value rows never read)."""
     tf = pytest.importorskip("rwkvrt.ops.decode.triton_ffn")
     from rwkvrt.ops.decode import ffn_fused_reference
     gen = torch.Generator().manual_seed(C)
