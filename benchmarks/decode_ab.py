@@ -102,6 +102,16 @@ def _drop(m: RWKV7Fast, kind: str) -> None:
         raise ValueError(f"drop_{kind}: expected win, tmix, wo, key or value")
 
 
+def _knobs(parts: list[str], names: dict[str, str]) -> dict[str, int]:
+    """{names[key]: N} for variant parts "<key><N>" (e.g. ["bn8", "st2"]); an unknown key or a part
+    without its number raises (a variant this script does not know)."""
+    out = {}
+    for part in parts:
+        key = part.rstrip("0123456789")
+        out[names[key]] = int(part[len(key):])
+    return out
+
+
 def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[int]]:
     """(tok/s of batch-1 decode, its first 24 greedy tokens) for variant v (model knobs set and
     restored around it)."""
@@ -131,15 +141,11 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
         elif v == "pdl_on":
             m.pdl = True
         elif v.startswith("ffn_") and v not in ("ffn_noskip", "ffn_dense"):
-            for knob in v.split("_")[1:]:
-                if knob in ("fused", "ln"):   # ffn_ln: with ln_fused on (off by default above n_embd 2048)
-                    if knob == "ln":
-                        m.set_ln_fused(True)
-                    continue
-                key = knob.rstrip("0123456789")
-                val = int(knob[len(key):])
-                attr = {"r": "ROWS", "bk": "BLOCK_K", "bc": "BLOCK_C", "nw": "NUM_WARPS", "st": "STAGES",
-                        "vs": "VSTAGES"}[key]
+            parts = v.split("_")[1:]
+            if "ln" in parts:   # ffn_ln: with ln_fused on (off by default above n_embd 2048)
+                m.set_ln_fused(True)
+            names = {"r": "ROWS", "bk": "BLOCK_K", "bc": "BLOCK_C", "nw": "NUM_WARPS", "st": "STAGES", "vs": "VSTAGES"}
+            for attr, val in _knobs([k for k in parts if k not in ("fused", "ln")], names).items():
                 setattr(ffn_mod, attr, val)
             m.set_ffn_fused(True)
             if not m.ffn_fused:
@@ -148,23 +154,22 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
         elif v.startswith("lnp"):
             m.set_ln_fused(True)
             gemv_mod.LN_PERSIST = True
-            for knob in v.split("_")[1:]:
-                key = knob.rstrip("0123456789")
-                attr = {"bn": "LNP_BLOCK_N", "c": "LNP_PER_SM", "nw": "LNP_NUM_WARPS", "st": "LNP_STAGES"}[key]
-                setattr(gemv_mod, attr, int(knob[len(key):]))
+            names = {"bn": "LNP_BLOCK_N", "c": "LNP_PER_SM", "nw": "LNP_NUM_WARPS", "st": "LNP_STAGES"}
+            for attr, val in _knobs(v.split("_")[1:], names).items():
+                setattr(gemv_mod, attr, val)
         elif v.startswith("sp") and m.ffn_sparse:
+            # upper case: a module knob of triton_sparse; lower case: a SparseScratch (plan) argument
+            names = {"st": "STAGES", "nw": "NUM_WARPS", "bk": "BLOCK_K", "s": "splits", "bn": "block_n"}
             kw = {}
-            for knob in v.split("_")[1:]:
-                key = knob.rstrip("0123456789")
-                if key in ("st", "nw", "bk"):
-                    setattr(sparse_mod, {"st": "STAGES", "nw": "NUM_WARPS", "bk": "BLOCK_K"}[key], int(knob[2:]))
+            for name, val in _knobs(v.split("_")[1:], names).items():
+                if name.isupper():
+                    setattr(sparse_mod, name, val)
                 else:
-                    kw[{"s": "splits", "bn": "block_n"}[key]] = int(knob[len(key):])
+                    kw[name] = val
             if kw or sparse_mod.BLOCK_K != sp_knobs[2]:
                 m._sparse_scratch = sparse_mod.SparseScratch(m.cfg.n_embd, m.cfg.d_ffn, m.device, **kw)
         elif v.startswith("gv"):
-            names = {"bn": "block_n", "bk": "block_k", "nw": "num_warps", "st": "stages"}
-            kw = {names[k[:2]]: int(k[2:]) for k in v.split("_")[1:]}
+            kw = _knobs(v.split("_")[1:], {"bn": "block_n", "bk": "block_k", "nw": "num_warps", "st": "stages"})
             C, gemv = m.cfg.n_embd, m.ops.gemv
             m.ops.gemv = lambda xs, W, groups, out, **k: gemv(xs, W, groups, out, **({**k, **kw} if W.shape == (C, C)
                                                                                          else k))
@@ -179,16 +184,9 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
             m.set_ln_fused(v == "ln_on")
         elif v.startswith("ln_"):
             m.set_ln_fused(True)
-            for knob in v.split("_")[1:]:
-                val = int(knob[2:])
-                if knob.startswith("bn"):
-                    gemv_mod.LN_BLOCK_N = val
-                elif knob.startswith("bk"):
-                    gemv_mod.LN_BLOCK_K = val
-                elif knob.startswith("st"):
-                    gemv_mod.LN_STAGES = val
-                elif knob.startswith("nw"):
-                    gemv_mod.LN_NUM_WARPS = val
+            names = {"bn": "LN_BLOCK_N", "bk": "LN_BLOCK_K", "st": "LN_STAGES", "nw": "LN_NUM_WARPS"}
+            for attr, val in _knobs(v.split("_")[1:], names).items():
+                setattr(gemv_mod, attr, val)
         elif v.startswith("dch"):
             tmix_mod.DCH = int(v[3:])
         elif v.startswith("tmix_w"):
