@@ -26,6 +26,7 @@ import torch
 
 from ..errors import SamplingError, StateError
 from ..models.rwkv7_fast import RWKV7Fast
+from ..ops import argmax as argmax_ops
 from ..sampling import SamplingParams, filtered_logprobs
 from ..state import State
 from .slots import SlotPool
@@ -123,6 +124,10 @@ class DecodeRunner:
         self.ban = torch.zeros(S, cfg.vocab_size, device=dev, dtype=torch.bool)
         self._greedy = [True] * S
         self._token_hash = _hash32(torch.arange(cfg.vocab_size, device=dev, dtype=torch.int64))
+        # greedy picks and the sampler's last step: one argmax launch writing straight into bk.out
+        argmax_rows, scratch = argmax_ops.resolve(dev.type)
+        self._argmax_scratch = scratch(S, dev)
+        self._argmax = lambda x, out: argmax_rows(x, out, self._argmax_scratch, pdl=getattr(model, "pdl", None))  # noqa: E731
         self._buckets: dict[int, _Bucket] = {}
         self._mempool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         # prefill graphs keep their own pool: their outputs must not share memory with decode graphs
@@ -274,9 +279,9 @@ class DecodeRunner:
         self.slots.check(slot)
         bk = _Bucket(dev_in=torch.tensor([[slot], [0]], device=self.device),
                      out=torch.zeros(1, device=self.device, dtype=torch.int64), host_in=None, graphs={}, logits={})
-        lg = logits.reshape(1, -1)
+        lg = logits.reshape(1, -1).contiguous()
         if self._greedy[slot]:
-            bk.out.copy_(lg.argmax(dim=-1))
+            self._argmax(lg, bk.out)
         else:
             self._sample(bk, lg)
         return int(bk.out[0])
@@ -489,7 +494,7 @@ class DecodeRunner:
                 torch.index_select(src, 1, bk.dev_in[0], out=dst)
         logits = self.model.forward(bk.dev_in[1].unsqueeze(1), self.pool, slots=bk.dev_in[0])  # [n, V]
         if greedy:
-            bk.out.copy_(logits.argmax(dim=-1))
+            self._argmax(logits, bk.out)
         else:
             self._sample(bk, logits)
         return logits
@@ -501,7 +506,7 @@ class DecodeRunner:
         logp = filtered_logprobs(allowed, temperature=self.temperature[s], top_p=self.top_p[s],
                                  top_k=self.top_k[s], min_p=self.min_p[s])
         noise = counter_noise(self.seed[s], self.counter[s], self._token_hash)
-        bk.out.copy_((logp - noise.log()).argmax(dim=-1))
+        self._argmax(logp - noise.log(), bk.out)
         self.counter.index_add_(0, s, torch.ones_like(s))
 
     def _capture(self, bk: _Bucket, greedy: bool, snap: bool = False) -> None:
