@@ -20,14 +20,17 @@ Variants (comma separated; default: all that apply):
   drop_K      diagnosis only (wrong tokens): decode with the kernels of kind K not launched, K one
               of win (ln_gemv W_in), tmix, wo, key (the FFN key product), value (the sparse FFN
               value): the step time without them, i.e. their marginal cost inside the graph
+  head_gemv   decode with the final LayerNorm, the last pending copy and the head as three launches
+              (not one ln_gemv); head_tiled: the head's ln_gemv as the tiled kernel
+  tmix_late   decode with the time-mix kernel reading its state rows after its PDL wait
   ln_tiled    decode with ln_fused on and ln_gemv's tiled kernel at batch 1 (not the persistent one)
   ln_on / ln_off          decode with ln_fused on / off (LayerNorm + lerps inside the next product)
   ffn_fused   decode with each layer's FFN as one ffn_fused launch (batch 1; needs ffn_sparse)
   ffn[_ln][_rN][_bkK][_bcC][_nwW][_stS][_vsS]  ffn_fused with N hidden rows per program, key K-tiles of
               K columns, value tiles of C columns, W warps, S key stages, S value stages (_ln: with
               ln_fused forced on)
-  lnp[_bnN][_cC][_nwW][_stS]  ln_fused on, batch-1 ln_gemv as the persistent kernel: N rows per
-              block, C programs per SM, W warps, S stages
+  lnp[_bnN][_cC][_nwW][_stS][_ilI]  ln_fused on, batch-1 ln_gemv as the persistent kernel: N rows per
+              block, C programs per SM, W warps, S stages, I = 1: interleaved blocks
   ln[_bnN][_bkK][_stS][_nwW]  ln_fused on with N rows per ln_gemv program, K-tiles of K columns,
               S stages, W warps
   ffn_noskip  decode with the sparse FFN value op loading every row (same tiles: its dense rate)
@@ -55,6 +58,7 @@ import torch
 from rwkvrt.bench import ffn_zero_fraction
 from rwkvrt.bench_ceilings import random_weights
 from rwkvrt.engine.runner import DecodeRunner
+from rwkvrt.models import rwkv7_fast as fast_mod
 from rwkvrt.models.rwkv7_fast import LAYER_MAX_EMBD, RWKV7Fast
 from rwkvrt.models.shapes import published_config
 from rwkvrt.ops import _pdl
@@ -119,14 +123,21 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
              layer_mod.NCH, layer_mod.TICKET, layer_mod.UP_PREFETCH, m.ln_fused, gemv_mod.LN_BLOCK_N, gemv_mod.LN_STAGES,
              gemv_mod.LN_BLOCK_K, gemv_mod.LN_NUM_WARPS, m.ffn_fused)
     lnp_knobs = (gemv_mod.LN_PERSIST, gemv_mod.LNP_BLOCK_N, gemv_mod.LNP_PER_SM, gemv_mod.LNP_NUM_WARPS,
-                 gemv_mod.LNP_STAGES)
+                 gemv_mod.LNP_STAGES, gemv_mod.LNP_INTERLEAVE)
     ffn_knobs = (ffn_mod.ROWS, ffn_mod.BLOCK_K, ffn_mod.BLOCK_C, ffn_mod.NUM_WARPS, ffn_mod.STAGES, ffn_mod.VSTAGES,
                  getattr(m, "_ffn_scratch", None))
     off_kinds = set(_pdl.OFF_KINDS)
     pf_budget = _pdl.PREFETCH_BUDGET
     sp_knobs = (sparse_mod.STAGES, sparse_mod.NUM_WARPS, sparse_mod.BLOCK_K, getattr(m, "_sparse_scratch", None))
     saved_ops = dict(vars(m.ops))
+    fast_knobs = (fast_mod.HEAD_LN, fast_mod.HEAD_PERSIST, fast_mod.TMIX_EARLY_STATE)
     try:
+        if v == "head_gemv":
+            fast_mod.HEAD_LN = False
+        elif v == "head_tiled":
+            fast_mod.HEAD_PERSIST = False
+        elif v == "tmix_late":
+            fast_mod.TMIX_EARLY_STATE = False
         if v == "ffn_noskip":
             sparse_mod.SKIP = False
         elif (v in ("ffn_dense", "pp512_dense") or v.startswith("layer")) and m.ffn_sparse:
@@ -154,7 +165,8 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
         elif v.startswith("lnp"):
             m.set_ln_fused(True)
             gemv_mod.LN_PERSIST = True
-            names = {"bn": "LNP_BLOCK_N", "c": "LNP_PER_SM", "nw": "LNP_NUM_WARPS", "st": "LNP_STAGES"}
+            names = {"bn": "LNP_BLOCK_N", "c": "LNP_PER_SM", "nw": "LNP_NUM_WARPS", "st": "LNP_STAGES",
+                     "il": "LNP_INTERLEAVE"}
             for attr, val in _knobs(v.split("_")[1:], names).items():
                 setattr(gemv_mod, attr, val)
         elif v.startswith("sp") and m.ffn_sparse:
@@ -258,12 +270,13 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
         m.set_ln_fused(ln)
         m.set_ffn_fused(ffn)
         (gemv_mod.LN_PERSIST, gemv_mod.LNP_BLOCK_N, gemv_mod.LNP_PER_SM, gemv_mod.LNP_NUM_WARPS,
-         gemv_mod.LNP_STAGES) = lnp_knobs
+         gemv_mod.LNP_STAGES, gemv_mod.LNP_INTERLEAVE) = lnp_knobs
         (ffn_mod.ROWS, ffn_mod.BLOCK_K, ffn_mod.BLOCK_C, ffn_mod.NUM_WARPS, ffn_mod.STAGES, ffn_mod.VSTAGES,
          scratch) = ffn_knobs
         if scratch is not None:
             m._ffn_scratch = scratch
         sparse_mod.SKIP = True
+        fast_mod.HEAD_LN, fast_mod.HEAD_PERSIST, fast_mod.TMIX_EARLY_STATE = fast_knobs
         if m.ffn_sparse:
             for p in m.layers:
                 p.ffn_value = None

@@ -249,6 +249,12 @@ def test_fast_decode_fused_reference_ops_match_general_path(sparse, ln):
     _decode_fused_vs_plain("cpu", "reference", sparse, ln=ln)
 
 
+def test_fast_decode_head_without_ln_gemv_matches_general_path(monkeypatch):
+    import rwkvrt.models.rwkv7_fast as fast_mod
+    monkeypatch.setattr(fast_mod, "HEAD_LN", False)   # add_layer_norm + index_copy + head GEMV
+    _decode_fused_vs_plain("cpu", "reference", True, ln=True)
+
+
 def test_fast_decode_ffn_fused_reference_matches_general_path():
     _decode_fused_vs_plain("cpu", "reference", True, ln=True, ffn=True)
 

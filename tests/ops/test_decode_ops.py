@@ -66,17 +66,21 @@ def test_grouped_gemv_ragged_rows_strided_input_and_fp32_out(kernel_device):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("M,persist", [(1, False), (3, False), (1, True)])
+@pytest.mark.parametrize("M,persist", [(1, False), (3, False), (1, True), (1, "interleave")])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("K,block_n", [(96, None), (256, None), (128, 8)])
-def test_ln_gemv_matches_reference_chained(kernel_device, M, persist, dtype, K, block_n):
+def test_ln_gemv_matches_reference_chained(kernel_device, M, persist, dtype, K, block_n, monkeypatch):
     """ln_gemv == add_ln_lerp + grouped_gemv (references) over 3 chained calls that alternate
     two token-shift pools as the model's sites do: each call's xn_out is the next call's pending
     copy into the pool it read. Outputs poisoned, res / x_prev not mutated, rows outside ``slots``
     untouched; K = 96 is not a power of two (padded statistics) and takes pick_blocks' tile, K = 256
     the default LN_TILE. persist: the batch-1 persistent kernel (several blocks per program, blocks
-    of one program in two groups)."""
-    ln_gemv = pytest.importorskip("rwkvrt.ops.decode.triton_gemv").ln_gemv_triton
+    of one program in two groups; "interleave": its blocks p, p + G, ...)."""
+    tg = pytest.importorskip("rwkvrt.ops.decode.triton_gemv")
+    ln_gemv = tg.ln_gemv_triton
+    if persist == "interleave":
+        monkeypatch.setattr(tg, "LNP_INTERLEAVE", True)
+        persist = True
     gen = torch.Generator().manual_seed(M * 5 + K)
     dev = kernel_device
     rnd = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
@@ -200,7 +204,10 @@ def _lora_case(B, H, N, has_v, dtype, device, seed=0):
 @pytest.mark.gpu
 @pytest.mark.parametrize("has_v", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_tmix_lora_step_matches_reference_chained(kernel_device, has_v, dtype):
+@pytest.mark.parametrize("early", [False, True])
+def test_tmix_lora_step_matches_reference_chained(kernel_device, has_v, dtype, early):
+    """early: state rows read before the PDL wait (safe here: other launches and copies come
+    between the chained calls, as in the decode step)."""
     step = _tmix()
     B, H, N = 3, 2, 16
     slots = torch.tensor([4, 0, 2], device=kernel_device)
@@ -208,7 +215,7 @@ def test_tmix_lora_step_matches_reference_chained(kernel_device, has_v, dtype):
     pool_t, pool_r = pool0.clone(), pool0.clone()
     for t in range(3):  # chained calls: the state carries over in place
         rkvh, lora, up, vf, params = _lora_case(B, H, N, has_v, dtype, kernel_device, seed=t)
-        out = step(rkvh, pool_t, slots, lora=lora, up=up, v_first=vf, **params)
+        out = step(rkvh, pool_t, slots, lora=lora, up=up, v_first=vf, early_state=early, **params)
         ref = tmix_lora_step_reference(rkvh.float(), pool_r, slots, lora=lora, up={n: u.float() for n, u in up.items()},
                                        v_first=None if vf is None else vf.float(), **params)
         assert out.dtype == dtype and torch.isfinite(out).all()
@@ -306,7 +313,7 @@ def test_ln_and_ffn_kernels_compile_for_sm90_without_spills(kernel):
     elif kernel == "ln_gemv_persist":   # at its largest default width (LNP_MAX_K)
         K = triton_gemv.LNP_MAX_K
         ce = dict(K=K, K_PAD=K, BLOCK_N=triton_gemv.LNP_BLOCK_N, NPP=4, HAS_ACT=True, STAGES=triton_gemv.LNP_STAGES,
-                  PF_ROWS=32, **common)
+                  PF_ROWS=32, INTERLEAVE=True, **common)
         rep = sm90_ptxas_report(triton_gemv.ln_gemv_persist_kernel, types, ce, triton_gemv.LNP_NUM_WARPS,
                                 div16_extra=("spb", "smix", "sxn", "sps", "spd"))
     else:

@@ -76,6 +76,16 @@ LAYER_MAX_BATCH = 4
 # Decode ops with the LayerNorm + lerps computed inside the next product's programs
 # (``ln_gemv``: 5 launches per layer instead of 7) up to this width.
 LN_FUSED_MAX_EMBD = 2048
+# With ln_fused, the final residual add + LayerNorm and the head are one ln_gemv (a zero lerp row:
+# its input is exactly the normed row), which also does the last layer's pending token-shift copy:
+# two launches fewer per step than add_layer_norm + index_copy + head GEMV. HEAD_PERSIST: the
+# ln_gemv kernel for it (None: ln_gemv's own choice). A/B knobs.
+HEAD_LN = True
+HEAD_PERSIST: bool | None = None
+# The decode time-mix kernel reading its state rows before its PDL wait (the kernel before it,
+# ln_gemv / the W_in GEMV, never writes them). Off: H100 1.5B decode b1 715 tok/s on, 736 off (it
+# keeps 32 more registers live through the LoRA phase and spills at 4 warps). A/B knob.
+TMIX_EARLY_STATE = False
 # Order of the six lerp rows produced by add_ln_lerp. r, k, v first so that xs[0:3] feeds the
 # stacked r/k/v product, and v, a, w, g contiguous so that xs[2:6] feeds the stacked LoRA-down
 # product (xs[3:6] in layer 0, which has no value-residual LoRA); w and g adjacent so that
@@ -206,6 +216,8 @@ class RWKV7Fast:
             self.ln_out = (f32("ln_out.weight"), f32("ln_out.bias"))
             self.head = sd["head.weight"].to(self.device, dtype).contiguous()
             self.head_groups = RowGroups.single(self.head.shape[0])
+            self._head_mix = torch.zeros(1, C, device=self.device, dtype=dtype)  # ln_gemv's lerp row: xn itself
+            self._zero_res: dict[int, torch.Tensor] = {}   # layer 0's residual for ln_fused decode, per batch size
             self._head_fp32 = self._mm_out_fp32_works()
             self.layers = [self._load_layer(sd, i) for i in range(cfg.n_layer)]
 
@@ -382,16 +394,22 @@ class RWKV7Fast:
         new = lambda n: torch.empty(B, n, device=dev, dtype=dt)  # noqa: E731
         gemv = lambda *a: self.ops.gemv(*a, pdl=self.pdl)  # noqa: E731
         x = self.emb[tokens]  # [B, 1, C]
-        res = torch.zeros(B, 1, C, device=dev, dtype=torch.float32)
         v_first = None
         if self.layer_fused and B <= LAYER_MAX_BATCH:
-            return self._head(*self._decode_layers(x.view(B, C), res.view(B, C), state, slots))
+            res = torch.zeros(B, C, device=dev, dtype=torch.float32)  # updated in place
+            return self._head(*self._decode_layers(x.view(B, C), res, state, slots))
         if self.ln_fused:
             # LayerNorm + lerps inside the products (ln_gemv): 5 launches per layer; the residual
             # goes to a new buffer at each site (the old one is still read by the other programs)
             res32 = lambda: torch.empty(B, C, device=dev, dtype=torch.float32)  # noqa: E731
             ln_gemv = lambda *a: self.ops.ln_gemv(*a, eps=LN_EPS, pdl=self.pdl)  # noqa: E731
-            res = res.view(B, C)
+            # ln_gemv never writes its res: layer 0's zero residual is made once per batch size
+            # (a fill launch fewer per step)
+            if B not in self._zero_res:
+                self._zero_res[B] = torch.zeros(B, C, device=dev, dtype=torch.float32)
+            res = self._zero_res[B]
+        else:
+            res = torch.zeros(B, 1, C, device=dev, dtype=torch.float32)
         for i, p in enumerate(self.layers):
             if self.ln_fused:
                 # the token-shift rows of each site are copied into their pool by the next site's call
@@ -406,7 +424,7 @@ class RWKV7Fast:
                 v_first = rkvh[:, 2 * C:3 * C]
             out = self.ops.tmix_lora(rkvh, state.wkv[i], slots, lora=p.lora_cols, up=p.up_views, w0=p.w0, a0=p.a0,
                                      v0=p.v0, v_first=v_first if i else None, k_k=p.k_k, k_a=p.k_a, r_k=p.r_k,
-                                     ln_w=p.ln_x[0], ln_b=p.ln_x[1], pdl=self.pdl)
+                                     ln_w=p.ln_x[0], ln_b=p.ln_x[1], pdl=self.pdl, early_state=TMIX_EARLY_STATE)
             att = gemv(out.view(1, B, C), p.Wo, p.o_groups, new(C))
             if self.ffn_fused and B == 1:
                 x, res, xn = self.ops.ffn_fused(att, res, p.ln2[0], p.ln2[1], state.ffn_x[i], slots, p.ffn_mix, p.ffn_key,
@@ -428,6 +446,8 @@ class RWKV7Fast:
                 x = self._ffn_value(h, p).view(B, 1, C)
             else:
                 x = gemv(h.view(1, B, -1), p.ffn_value, p.o_groups, new(C)).view(B, 1, C)
+        if self.ln_fused and HEAD_LN:
+            return self._head_ln(x.view(B, C), res, state, slots, xn)
         if self.ln_fused:
             state.ffn_x[-1].index_copy_(0, slots, xn.to(state.ffn_x.dtype))
         return self._head(x, res)
@@ -456,9 +476,24 @@ class RWKV7Fast:
         B, C = x.shape[0], self.cfg.n_embd
         xn, _ = self.ops.norm.add_layer_norm(x.view(B, 1, C), res.view(B, 1, C), self.ln_out[0], self.ln_out[1],
                                              LN_EPS)
-        logits = torch.empty(B, self.head.shape[0], device=self.device,
-                             dtype=torch.float32 if self._head_fp32 else self.dtype)
-        return self.ops.gemv(xn.view(1, B, C), self.head, self.head_groups, logits, pdl=self.pdl)
+        return self.ops.gemv(xn.view(1, B, C), self.head, self.head_groups, self._head_logits(B), pdl=self.pdl)
+
+    def _head_logits(self, B: int) -> torch.Tensor:
+        return torch.empty(B, self.head.shape[0], device=self.device,
+                           dtype=torch.float32 if self._head_fp32 else self.dtype)
+
+    def _head_ln(self, x, res, state, slots, xn) -> torch.Tensor:
+        """``_head`` as one ln_gemv, with the last layer's token-shift rows (xn) copied into the
+        ffn_x pool as its pending copy. The shift input it reads (att_x[-1]'s rows) is multiplied
+        by the zero lerp row: the product's input is the normed row exactly."""
+        B, C = x.shape
+        kw = {} if HEAD_PERSIST is None else {"persist": HEAD_PERSIST}
+        logits, _, _ = self.ops.ln_gemv(
+            x, res, self.ln_out[0], self.ln_out[1], state.att_x[-1], slots, self._head_mix, self.head,
+            self.head_groups, self._head_logits(B), torch.empty(B, C, device=self.device, dtype=torch.float32),
+            torch.empty(B, C, device=self.device, dtype=self.dtype), (xn, state.ffn_x[-1], slots),
+            eps=LN_EPS, pdl=self.pdl, **kw)
+        return logits
 
     def _mm_out_fp32_works(self) -> bool:
         """torch.mm(..., out_dtype=float32) for half inputs exists on CUDA in recent torch builds."""

@@ -110,7 +110,7 @@ def lora_up(rkvh: torch.Tensor, lora: dict, up: dict, name: str) -> torch.Tensor
 
 
 def tmix_lora_step_reference(rkvh, state, slots, *, lora, up, w0, a0, v0, v_first, k_k, k_a, r_k, ln_w, ln_b,
-                             pdl=None):
+                             pdl=None, early_state=False):
     """See ``rwkvrt.ops.decode``: the LoRA up-projections in fp32, then the reference time-mix core."""
     H, N = r_k.shape
     C = H * N

@@ -55,6 +55,7 @@ LNP_BLOCK_N = 8
 LNP_PER_SM = 4
 LNP_STAGES = 2
 LNP_NUM_WARPS = 8
+LNP_INTERLEAVE = False   # program p takes blocks p, p + G, ... instead of one contiguous run (A/B knob)
 
 
 @functools.lru_cache(maxsize=None)
@@ -279,18 +280,28 @@ def ln_gemv_persist_kernel(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, prev_pt
                            N, NB, G, spb, smix, sxn, sps, spd, eps,
                            K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_N: tl.constexpr, NPP: tl.constexpr,
                            HAS_ACT: tl.constexpr, STAGES: tl.constexpr, HAS_PENDING: tl.constexpr, USE_PDL: tl.constexpr,
-                           PF_ROWS: tl.constexpr, PF_LINES: tl.constexpr, LINE_ELEMS: tl.constexpr):
+                           PF_ROWS: tl.constexpr, PF_LINES: tl.constexpr, LINE_ELEMS: tl.constexpr,
+                           INTERLEAVE: tl.constexpr):
     """Grid (G,) (G is also passed), one batch row: ``ln_gemv_kernel``'s result, with program p taking the blocks
-    [p*NB//G, (p+1)*NB//G) of BLOCK_N rows (balanced to one block between programs). The row
+    [p*NB//G, (p+1)*NB//G) of BLOCK_N rows (INTERLEAVE: the blocks p, p + G, ...; balanced to one
+    block between programs either way). The row
     statistics, the normed row xn and sh - xn (sh: the token-shift row) are made once per
     program; each block then only loads its mix row (L1) and its [BLOCK_N, K] weights (the
     whole K at once, pipelined over blocks), with the same roundings as ``_ln_lerp_tile``."""
     pid = tl.program_id(0)
-    b0 = pid * NB // G
-    b1 = (pid + 1) * NB // G
+    if INTERLEAVE:   # blocks pid, pid + G, pid + 2G, ...: the programs' loads move through W side by side
+        b0 = 0
+        b1 = (NB - pid + G - 1) // G
+    else:            # one contiguous run of blocks per program
+        b0 = pid * NB // G
+        b1 = (pid + 1) * NB // G
     if USE_PDL and PF_LINES > 0:
-        pr = b0 * BLOCK_N + tl.arange(0, PF_ROWS)
-        prefetch_rows(w_ptr, tl.minimum(pr, b1 * BLOCK_N - 1), K, N, PF_LINES, LINE_ELEMS)
+        pr = tl.arange(0, PF_ROWS)
+        if INTERLEAVE:
+            pb = tl.minimum(pr // BLOCK_N, b1 - 1)
+            prefetch_rows(w_ptr, (pid + pb * G) * BLOCK_N + pr % BLOCK_N, K, N, PF_LINES, LINE_ELEMS)
+        else:
+            prefetch_rows(w_ptr, tl.minimum(b0 * BLOCK_N + pr, b1 * BLOCK_N - 1), K, N, PF_LINES, LINE_ELEMS)
     wait_prev(USE_PDL)
     ty = x_ptr.dtype.element_ty
     m = tl.arange(0, 1)
@@ -306,7 +317,10 @@ def ln_gemv_persist_kernel(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, prev_pt
     nn = tl.arange(0, BLOCK_N)
     for i in tl.range(0, NPP, num_stages=STAGES):   # NPP = cdiv(NB, G): the last one may be empty
         live = b0 + i < b1
-        blk = tl.minimum(b0 + i, NB - 1)
+        if INTERLEAVE:
+            blk = tl.minimum(pid + i * G, NB - 1)
+        else:
+            blk = tl.minimum(b0 + i, NB - 1)
         n = blk * BLOCK_N + nn
         w = tl.load(w_ptr + n.to(tl.int64)[:, None] * K + cc[None, :], mask=live & kmask[None, :], other=0.0)
         mix = tl.load(mix_ptr + tl.load(xrow_ptr + blk).to(tl.int64) * smix + cc, mask=kmask, other=0.0)
@@ -345,10 +359,9 @@ def ln_gemv_triton(x, res, ln_w, ln_b, x_prev, slots, mix, W, groups, out, new_r
     pdl = _pdl.resolve(pdl, W.device, "gemv")
     if persist is None:
         persist = K <= LNP_MAX_K if LN_PERSIST is None else LN_PERSIST
-    if M == 1 and persist:
-        bn = block_n or LNP_BLOCK_N
-        tables = groups.tables(W.device, bn)
-        assert tables is not None and N % bn == 0, "block_n must divide every group's rows and N"
+    bn = block_n or LNP_BLOCK_N
+    tables = groups.tables(W.device, bn) if M == 1 and persist and N % bn == 0 else None
+    if tables is not None:   # else (e.g. a vocab that is not a multiple of the block) the tiled kernel
         nb = N // bn
         grid = min(nb, _sm_count(W.device) * LNP_PER_SM)
         pf_rows = triton.next_power_of_2(triton.cdiv(nb, grid) * bn)
@@ -358,6 +371,7 @@ def ln_gemv_triton(x, res, ln_w, ln_b, x_prev, slots, mix, W, groups, out, new_r
             K=K, K_PAD=triton.next_power_of_2(K), BLOCK_N=bn, NPP=triton.cdiv(nb, grid), HAS_ACT=any(groups.acts),
             STAGES=LNP_STAGES if stages is None else stages, HAS_PENDING=pending is not None, USE_PDL=pdl,
             PF_ROWS=pf_rows, PF_LINES=_pdl.prefetch_lines(grid * pf_rows, K * W.element_size()),
+            INTERLEAVE=bool(LNP_INTERLEAVE),
             LINE_ELEMS=_pdl.L2_LINE // W.element_size(), num_warps=num_warps or LNP_NUM_WARPS, launch_pdl=pdl)
         return out, new_res, xn_out
     bn, bk, xrow, act = _plan(W, groups, block_n or LN_BLOCK_N, block_k or LN_BLOCK_K, LN_TILE)

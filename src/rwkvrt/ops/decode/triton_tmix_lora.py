@@ -54,8 +54,8 @@ def tmix_lora_step_kernel(rkvh_ptr, state_ptr, slots_ptr, out_ptr, vf_ptr,
                           OFF_W: tl.constexpr, OFF_A: tl.constexpr, OFF_G: tl.constexpr,
                           OFF_V: tl.constexpr, DW: tl.constexpr, DA: tl.constexpr, DG: tl.constexpr,
                           DV: tl.constexpr, DCH: tl.constexpr, H: tl.constexpr, N: tl.constexpr,
-                          HAS_VRES: tl.constexpr, USE_PDL: tl.constexpr = False,
-                          UP_LINES: tl.constexpr = 1, LINE_ELEMS: tl.constexpr = 64):
+                          HAS_VRES: tl.constexpr, USE_PDL: tl.constexpr, UP_LINES: tl.constexpr,
+                          LINE_ELEMS: tl.constexpr, EARLY_STATE: tl.constexpr):
     """Grid (B*H,). rkvh [B, 3C + sum D] rows of stride s_rb; state [S, H, N, N] fp32 in place.
     USE_PDL: prefetch this head's rows of the four up weights, then wait for the previous kernel."""
     pid = tl.program_id(0)
@@ -69,27 +69,41 @@ def tmix_lora_step_kernel(rkvh_ptr, state_ptr, slots_ptr, out_ptr, vf_ptr,
         prefetch_rows(upa_ptr, ch, s_up, C, UP_LINES, LINE_ELEMS)
         prefetch_rows(upg_ptr, ch, s_up, C, UP_LINES, LINE_ELEMS)
         prefetch_rows(upv_ptr, ch, s_up, C, UP_LINES, LINE_ELEMS)
-    wait_prev(USE_PDL)
+    # Before the wait: the parameter vectors (never written) and, with EARLY_STATE, the slot id and
+    # this head's state rows, so that their DRAM / L2 round trips overlap the previous kernel
+    # instead of following it. EARLY_STATE is the caller's promise that the kernel launched just
+    # before this one writes neither (``rwkvrt.ops._pdl``: once this kernel runs, every kernel
+    # before the previous one has completed); in the decode step that kernel is ln_gemv / a GEMV.
     b = (pid // H).to(tl.int64)
-    slot = tl.load(slots_ptr + b).to(tl.int64)
-    row = rkvh_ptr + b * s_rb
-    s_ptrs = state_ptr + (slot * H + h) * (N * N) + i[:, None] * N + j[None, :]
-    S = tl.load(s_ptrs)
-    r = tl.load(row + h * N + j).to(tl.float32)
-    k = tl.load(row + C + h * N + j).to(tl.float32)
-    v = tl.load(row + 2 * C + ch).to(tl.float32)
-    w = tl.load(w0_ptr + ch) + _lora_up(row + OFF_W, upw_ptr, s_up, ch, DW, DCH, N, "")
-    a = tl.sigmoid(tl.load(a0_ptr + ch) + _lora_up(row + OFF_A, upa_ptr, s_up, ch, DA, DCH, N, ""))
-    g = _lora_up(row + OFF_G, upg_ptr, s_up, ch, DG, DCH, N, "")
-    if HAS_VRES:
-        vg = tl.load(v0_ptr + ch) + _lora_up(row + OFF_V, upv_ptr, s_up, ch, DV, DCH, N, "")
-        vf = tl.load(vf_ptr + b * s_fb + ch).to(tl.float32)
-        v += (vf - v) * tl.sigmoid(vg)
     kk_w = tl.load(kk_w_ptr + h * N + j)
     k_a = tl.load(ka_ptr + h * N + j)
     r_k = tl.load(rk_ptr + h * N + j)
     ln_w = tl.load(lnw_ptr + ch)
     ln_b = tl.load(lnb_ptr + ch)
+    w0 = tl.load(w0_ptr + ch)
+    a0 = tl.load(a0_ptr + ch)
+    if HAS_VRES:
+        v0 = tl.load(v0_ptr + ch)
+    if EARLY_STATE:
+        slot = tl.load(slots_ptr + b).to(tl.int64)
+        s_ptrs = state_ptr + (slot * H + h) * (N * N) + i[:, None] * N + j[None, :]
+        S = tl.load(s_ptrs)
+    wait_prev(USE_PDL)
+    if not EARLY_STATE:
+        slot = tl.load(slots_ptr + b).to(tl.int64)
+        s_ptrs = state_ptr + (slot * H + h) * (N * N) + i[:, None] * N + j[None, :]
+        S = tl.load(s_ptrs)
+    row = rkvh_ptr + b * s_rb
+    r = tl.load(row + h * N + j).to(tl.float32)
+    k = tl.load(row + C + h * N + j).to(tl.float32)
+    v = tl.load(row + 2 * C + ch).to(tl.float32)
+    w = w0 + _lora_up(row + OFF_W, upw_ptr, s_up, ch, DW, DCH, N, "")
+    a = tl.sigmoid(a0 + _lora_up(row + OFF_A, upa_ptr, s_up, ch, DA, DCH, N, ""))
+    g = _lora_up(row + OFF_G, upg_ptr, s_up, ch, DG, DCH, N, "")
+    if HAS_VRES:
+        vg = v0 + _lora_up(row + OFF_V, upv_ptr, s_up, ch, DV, DCH, N, "")
+        vf = tl.load(vf_ptr + b * s_fb + ch).to(tl.float32)
+        v += (vf - v) * tl.sigmoid(vg)
     # w and a come out in the channel layout of i; the state update wants them along j
     S, y, kp = wkv_step(S, r, w, k, v, a, kk_w, k_a, decay_scale, l2_eps)
     o = norm_bonus_gate(y, r, kp, v, g, r_k, ln_w, ln_b, gn_eps, N)
@@ -98,8 +112,10 @@ def tmix_lora_step_kernel(rkvh_ptr, state_ptr, slots_ptr, out_ptr, vf_ptr,
 
 
 def tmix_lora_step_triton(rkvh, state, slots, *, lora, up, w0, a0, v0, v_first, k_k, k_a, r_k, ln_w, ln_b,
-                          num_warps: int | None = None, pdl: bool | None = None):
-    """See ``rwkvrt.ops.decode``. Parameter vectors ([C] / [H, N]) must be fp32 and contiguous."""
+                          num_warps: int | None = None, pdl: bool | None = None, early_state: bool = False):
+    """See ``rwkvrt.ops.decode``. Parameter vectors ([C] / [H, N]) must be fp32 and contiguous.
+    early_state: with PDL, read the slot ids and state rows before waiting for the previous kernel
+    (only when that kernel writes neither: see the kernel)."""
     B = rkvh.shape[0]
     H, N = r_k.shape
     C = H * N
@@ -125,6 +141,6 @@ def tmix_lora_step_triton(rkvh, state, slots, *, lora, up, w0, a0, v0, v_first, 
         rkvh, state, slots, out, vf, *ups, s_up, w0, a0, v0 if has_v else w0, k_k, k_a, r_k, ln_w, ln_b,
         rkvh.stride(0), vf.stride(0), out.stride(0), DECAY_SCALE, GROUP_NORM_EPS, L2_EPS,
         OFF_W=ow, OFF_A=oa, OFF_G=og, OFF_V=ov, DW=dw, DA=da, DG=dg, DV=dv, DCH=DCH, H=H, N=N,
-        HAS_VRES=has_v, USE_PDL=pdl, UP_LINES=up_lines, LINE_ELEMS=line,
+        HAS_VRES=has_v, USE_PDL=pdl, UP_LINES=up_lines, LINE_ELEMS=line, EARLY_STATE=pdl and early_state,
         num_warps=num_warps or NUM_WARPS or (4 if H >= 32 else 8), launch_pdl=pdl)
     return out
