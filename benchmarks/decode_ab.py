@@ -12,8 +12,8 @@ Variants (comma separated; default: all that apply):
   pdl_on_except_K[+K2]    PDL on except for the kernel kinds K (gemv, ln, tmix)
   dch64 / dch128          decode with the time-mix kernel's LoRA-up tile at 64 / 128 rank columns
   tmix_w4 / tmix_w16      decode with the time-mix kernel at 4 / 16 warps
-  sp[_sN][_stS][_nwW][_bkK][_bnN]  decode with the sparse FFN value op at N splits, S stages,
-              W warps, K rows per tile, N columns per block
+  sp[_sN][_stS][_nwW][_bkK][_bnN][_reR]  decode with the sparse FFN value op at N splits, S stages,
+              W warps, K rows per tile, N columns per block, R partial sums per load in the last sum
   gv[_bnN][_bkK][_nwW][_stS]  decode with the Wo products (the [C, C] grouped_gemv) at N rows per
               program, K-tiles of K, W warps, S stages
   pfN         decode with N MB of L2 prefetch budget for the PDL kernels (rwkvrt.ops._pdl; default 4)
@@ -128,7 +128,8 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
                  getattr(m, "_ffn_scratch", None))
     off_kinds = set(_pdl.OFF_KINDS)
     pf_budget = _pdl.PREFETCH_BUDGET
-    sp_knobs = (sparse_mod.STAGES, sparse_mod.NUM_WARPS, sparse_mod.BLOCK_K, getattr(m, "_sparse_scratch", None))
+    sp_knobs = (sparse_mod.STAGES, sparse_mod.NUM_WARPS, sparse_mod.BLOCK_K, getattr(m, "_sparse_scratch", None),
+                sparse_mod.REDUCE_ELEMS)
     saved_ops = dict(vars(m.ops))
     fast_knobs = (fast_mod.HEAD_LN, fast_mod.HEAD_PERSIST, fast_mod.TMIX_EARLY_STATE)
     try:
@@ -171,7 +172,8 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
                 setattr(gemv_mod, attr, val)
         elif v.startswith("sp") and m.ffn_sparse:
             # upper case: a module knob of triton_sparse; lower case: a SparseScratch (plan) argument
-            names = {"st": "STAGES", "nw": "NUM_WARPS", "bk": "BLOCK_K", "s": "splits", "bn": "block_n"}
+            names = {"st": "STAGES", "nw": "NUM_WARPS", "bk": "BLOCK_K", "s": "splits", "bn": "block_n",
+                     "re": "REDUCE_ELEMS"}
             kw = {}
             for name, val in _knobs(v.split("_")[1:], names).items():
                 if name.isupper():
@@ -281,7 +283,7 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
             for p in m.layers:
                 p.ffn_value = None
         _pdl.PREFETCH_BUDGET = pf_budget
-        sparse_mod.STAGES, sparse_mod.NUM_WARPS, sparse_mod.BLOCK_K, sp_scratch = sp_knobs
+        sparse_mod.STAGES, sparse_mod.NUM_WARPS, sparse_mod.BLOCK_K, sp_scratch, sparse_mod.REDUCE_ELEMS = sp_knobs
         if sp_scratch is not None:
             m._sparse_scratch = sp_scratch
         for k in list(vars(m.ops)):

@@ -292,6 +292,21 @@ def test_sparse_rows_gemv_plan_and_bad_requests():
         mod.plan(64, 96, splits=2)
 
 
+def test_sparse_kernel_compiles_for_sm90_without_spills():
+    """The 1.5B FFN value at the default plan: the last program's sum of all 64 splits in one load
+    round (REDUCE_ELEMS) fits the registers."""
+    mod = _sparse()
+    from test_timemix_triton import sm90_ptxas_report
+
+    bn, bk, S = mod.plan(2048, 8192)
+    sc = min(64, mod.REDUCE_ELEMS // bn)
+    ce = dict(K_SPLIT=8192 // S, SPLITS=S, BLOCK_N=bn, BLOCK_K=bk, M_PAD=16, SKIP=True, IEEE=False, STAGES=mod.STAGES,
+              USE_PDL=True, S_CHUNK=sc, N_CHUNKS=-(-S // sc), EARLY_MASK=True, TILES_PAD=8192 // S // bk)
+    types = {"h_ptr": "*fp16", "wt_ptr": "*fp16", "out_ptr": "*fp16", "part_ptr": "*fp32", "count_ptr": "*i32"}
+    rep = sm90_ptxas_report(mod.sparse_rows_gemv_kernel, types, ce, mod.NUM_WARPS, div16_extra=("N", "shm", "som", "sps"))
+    assert S == 64 and sc == 64 and " 0 bytes spill stores" in rep, rep
+
+
 @pytest.mark.parametrize("kernel", ["ln_gemv", "ln_gemv_persist", "ffn_fused"])
 def test_ln_and_ffn_kernels_compile_for_sm90_without_spills(kernel):
     """Ahead-of-time sm_90 compile (no GPU needed) at the 1.5B shapes and default tiles: no spills
