@@ -22,7 +22,7 @@ Variants (comma separated; default: all that apply):
               value): the step time without them, i.e. their marginal cost inside the graph
   head_gemv   decode with the final LayerNorm, the last pending copy and the head as three launches
               (not one ln_gemv); head_tiled: the head's ln_gemv as the tiled kernel
-  tmix_late   decode with the time-mix kernel reading its state rows after its PDL wait
+  tmix_early  decode with the time-mix kernel reading its state rows before its PDL wait
   ln_tiled    decode with ln_fused on and ln_gemv's tiled kernel at batch 1 (not the persistent one)
   ln_on / ln_off          decode with ln_fused on / off (LayerNorm + lerps inside the next product)
   ffn_fused   decode with each layer's FFN as one ffn_fused launch (batch 1; needs ffn_sparse)
@@ -137,8 +137,8 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
             fast_mod.HEAD_LN = False
         elif v == "head_tiled":
             fast_mod.HEAD_PERSIST = False
-        elif v == "tmix_late":
-            fast_mod.TMIX_EARLY_STATE = False
+        elif v == "tmix_early":
+            fast_mod.TMIX_EARLY_STATE = True
         if v == "ffn_noskip":
             sparse_mod.SKIP = False
         elif (v in ("ffn_dense", "pp512_dense") or v.startswith("layer")) and m.ffn_sparse:

@@ -36,6 +36,16 @@ def per_step(fn, steps: int, sync_each: bool) -> float:
     return (time.perf_counter() - t) / steps * 1e6
 
 
+def batch1_runner(shape: str, dev: torch.device, dt: torch.dtype):
+    """(config, RWKV7Fast on random weights, its batch-1 DecodeRunner, a slot after a 3-token prefill)."""
+    cfg = published_config(shape)
+    m = RWKV7Fast(cfg, random_weights(cfg, dev, dt), device=dev, dtype=dt)
+    r = DecodeRunner(m, 1)
+    s = r.alloc()
+    r.prefill(s, [1, 2, 3])
+    return cfg, m, r, s
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default="0.1B,1.5B")
@@ -44,11 +54,7 @@ def main() -> None:
     a = ap.parse_args()
     dev, dt = torch.device("cuda"), torch.float16
     for shape in a.shapes.split(","):
-        cfg = published_config(shape)
-        m = RWKV7Fast(cfg, random_weights(cfg, dev, dt), device=dev, dtype=dt)
-        r = DecodeRunner(m, 1)
-        s = r.alloc()
-        r.prefill(s, [1, 2, 3])
+        cfg, m, r, s = batch1_runner(shape, dev, dt)
         tok = [5]
         with torch.inference_mode():
             t_step = per_step(lambda: r.step([s], tok), a.steps, False)
@@ -67,7 +73,7 @@ def main() -> None:
                 m.forward(t1, st)
                 torch.cuda.synchronize()
         print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=a.kernels, max_name_column_width=60))
-        del m, r
+        m = r = None   # free this shape before the next
 
 
 if __name__ == "__main__":

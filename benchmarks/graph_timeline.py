@@ -23,10 +23,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from rwkvrt.bench_ceilings import random_weights
-from rwkvrt.engine.runner import DecodeRunner
-from rwkvrt.models.rwkv7_fast import RWKV7Fast
-from rwkvrt.models.shapes import published_config
+from decode_overhead import batch1_runner   # benchmarks/ is on sys.path when run as a script
 
 
 def apply_sets(sets: list[str]) -> None:
@@ -88,11 +85,7 @@ def main() -> None:
     dev, dt = torch.device("cuda"), torch.float16
     props = torch.cuda.get_device_properties(dev)
     for shape in a.shapes.split(","):
-        cfg = published_config(shape)
-        m = RWKV7Fast(cfg, random_weights(cfg, dev, dt), device=dev, dtype=dt)
-        r = DecodeRunner(m, 1)
-        s = r.alloc()
-        r.prefill(s, [1, 2, 3])
+        cfg, m, r, s = batch1_runner(shape, dev, dt)
         with torch.inference_mode():
             for _ in range(5):
                 r.step([s], [5])
