@@ -10,7 +10,7 @@
     pdl    : (keyword) programmatic dependent launch (``rwkvrt.ops._pdl``), None = the device default
 
 Why: ``torch.argmax`` over one 65,536-wide row is one reduction kernel of ~20 us on an H100 (a
-fifteenth of a 1.5B decode step's non-layer time); this op splits every row over programs that
+sixth of a 1.5B decode step's time outside the layers; 3.8 us with this op). This op splits every row over programs that
 each take a slice, combine their (value, index) keys with one 64-bit atomic max (order does not
 matter, so the result is the same bits on every replay), and the last program of a row (ticket)
 writes the index and resets the row's key and ticket for the next call.
