@@ -65,7 +65,7 @@ def ffn_fused_kernel(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, prev_ptr, slo
     mmask = m < 1
     mm = mmask[:, None]
     slot, mean, rstd = _ln_rows(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, slots_ptr, xn_ptr, psrc_ptr, pdst_ptr,
-                                pslots_ptr, m, mmask, 0, 0, 0, sxn, 0, spd, eps, pid == 0, C, C_PAD, HAS_PENDING, "")
+                                pslots_ptr, m, mmask, 0, 0, 0, sxn, 0, spd, eps, pid == 0, C, C_PAD, HAS_PENDING)
     kk = tl.arange(0, BLOCK_K)
     wk_ptrs = wk_ptr + rows.to(tl.int64)[:, None] * C + kk[None, :]
     acc = tl.zeros([1, R, BLOCK_K], dtype=tl.float32)

@@ -176,19 +176,17 @@ def grouped_gemv_triton(xs: torch.Tensor, W: torch.Tensor, groups: RowGroups, ou
 @triton.jit
 def _ln_rows(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, slots_ptr, xn_ptr, psrc_ptr, pdst_ptr, pslots_ptr,
              m, mmask, sxm, srm, snm, sxn, sps, spd, eps, FIRST, K: tl.constexpr, K_PAD: tl.constexpr,
-             HAS_PENDING: tl.constexpr, XCM: tl.constexpr):
+             HAS_PENDING: tl.constexpr):
     """ln_gemv's prologue for the rows m (mmask): (slot [M_PAD] int64, mean, rstd [M_PAD]) of
     h = res + x (rounded to new_res's dtype). FIRST (one program of the launch): also store h
-    into new_res, LayerNorm(h) into xn_out, and do the pending copy. XCM: x's cache modifier
-    (".cg" where programs of the same launch wrote x)."""
+    into new_res, LayerNorm(h) into xn_out, and do the pending copy."""
     ty = x_ptr.dtype.element_ty
     rty = newres_ptr.dtype.element_ty
     slot = tl.load(slots_ptr + m, mask=mmask, other=0).to(tl.int64)
     cc = tl.arange(0, K_PAD)
     rmask = mmask[:, None] & (cc < K)[None, :]
     h = tl.load(res_ptr + m[:, None] * srm + cc[None, :], mask=rmask, other=0.0).to(tl.float32)
-    h = (h + tl.load(x_ptr + m[:, None] * sxm + cc[None, :], mask=rmask, other=0.0,
-                     cache_modifier=XCM).to(tl.float32)).to(rty)
+    h = (h + tl.load(x_ptr + m[:, None] * sxm + cc[None, :], mask=rmask, other=0.0).to(tl.float32)).to(rty)
     h = h.to(tl.float32)
     mean = tl.sum(h, axis=1) / K
     d = tl.where(rmask, h - mean[:, None], 0.0)
@@ -208,7 +206,7 @@ def _ln_rows(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, slots_ptr, xn_ptr, ps
 
 @triton.jit
 def _ln_shift_tile(k, m, mm, slot, mean, rstd, x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, prev_ptr, sxm, srm,
-                   spb, K: tl.constexpr, EVEN_K: tl.constexpr, XCM: tl.constexpr):
+                   spb, K: tl.constexpr, EVEN_K: tl.constexpr):
     """fp32 ([M_PAD, len(k)] xn, sh): LayerNorm(res + x) and the token-shift rows at columns k,
     rounded as add_ln_lerp rounds them (EVEN_K: every k < K, no column mask)."""
     ty = x_ptr.dtype.element_ty
@@ -221,7 +219,7 @@ def _ln_shift_tile(k, m, mm, slot, mean, rstd, x_ptr, res_ptr, newres_ptr, lnw_p
         lw = tl.load(lnw_ptr + k, mask=k < K, other=0.0).to(tl.float32)
         lb = tl.load(lnb_ptr + k, mask=k < K, other=0.0).to(tl.float32)
     ht = tl.load(res_ptr + m[:, None] * srm + k[None, :], mask=km, other=0.0).to(tl.float32)
-    ht = (ht + tl.load(x_ptr + m[:, None] * sxm + k[None, :], mask=km, other=0.0, cache_modifier=XCM).to(tl.float32))
+    ht = (ht + tl.load(x_ptr + m[:, None] * sxm + k[None, :], mask=km, other=0.0).to(tl.float32))
     ht = ht.to(newres_ptr.dtype.element_ty).to(tl.float32)
     xn = (ht - mean[:, None]) * rstd[:, None] * lw[None, :]
     xn = (xn + lb[None, :]).to(ty).to(tl.float32)
@@ -234,7 +232,7 @@ def _ln_lerp_tile(k, m, mm, slot, mean, rstd, x_ptr, res_ptr, newres_ptr, lnw_pt
                   sxm, srm, spb):
     """fp32 [M_PAD, len(k)]: the lerped input columns k, rounded as add_ln_lerp stores them."""
     xn, sh = _ln_shift_tile(k, m, mm, slot, mean, rstd, x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, prev_ptr,
-                            sxm, srm, spb, 0, True, "")
+                            sxm, srm, spb, 0, True)
     mix = tl.load(mix_row + k).to(tl.float32)
     return (xn + (sh - xn) * mix[None, :]).to(x_ptr.dtype.element_ty).to(tl.float32)
 
@@ -259,7 +257,7 @@ def ln_gemv_kernel(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, prev_ptr, slots
     mm = mmask[:, None]
     slot, mean, rstd = _ln_rows(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, slots_ptr, xn_ptr, psrc_ptr, pdst_ptr,
                                 pslots_ptr, m, mmask, sxm, srm, snm, sxn, sps, spd, eps, pid == 0, K, K_PAD,
-                                HAS_PENDING, "")
+                                HAS_PENDING)
     mix_row = mix_ptr + tl.load(xrow_ptr + pid).to(tl.int64) * smix
     kk = tl.arange(0, BLOCK_K)
     w_ptrs = w_ptr + n.to(tl.int64)[:, None] * K + kk[None, :]
@@ -277,47 +275,43 @@ def ln_gemv_kernel(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, prev_ptr, slots
 
 
 @triton.jit
-def _persist_range(pid, NB, G, INTERLEAVE: tl.constexpr):
-    """(b0, b1): program pid's blocks are b0 + i for i < b1 - b0 (INTERLEAVE: pid + i * G for i < b1, b0 = 0)."""
+def ln_gemv_persist_kernel(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, prev_ptr, slots_ptr, mix_ptr, xn_ptr,
+                           psrc_ptr, pdst_ptr, pslots_ptr, w_ptr, out_ptr, xrow_ptr, act_ptr,
+                           N, NB, G, spb, smix, sxn, sps, spd, eps,
+                           K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_N: tl.constexpr, NPP: tl.constexpr,
+                           HAS_ACT: tl.constexpr, STAGES: tl.constexpr, HAS_PENDING: tl.constexpr, USE_PDL: tl.constexpr,
+                           PF_ROWS: tl.constexpr, PF_LINES: tl.constexpr, LINE_ELEMS: tl.constexpr,
+                           INTERLEAVE: tl.constexpr):
+    """Grid (G,) (G is also passed), one batch row: ``ln_gemv_kernel``'s result, with program p taking the blocks
+    [p*NB//G, (p+1)*NB//G) of BLOCK_N rows (INTERLEAVE: the blocks p, p + G, ...; balanced to one
+    block between programs either way). The row
+    statistics, the normed row xn and sh - xn (sh: the token-shift row) are made once per
+    program; each block then only loads its mix row (L1) and its [BLOCK_N, K] weights (the
+    whole K at once, pipelined over blocks), with the same roundings as ``_ln_lerp_tile``."""
+    pid = tl.program_id(0)
     if INTERLEAVE:   # blocks pid, pid + G, pid + 2G, ...: the programs' loads move through W side by side
         b0 = 0
         b1 = (NB - pid + G - 1) // G
     else:            # one contiguous run of blocks per program
         b0 = pid * NB // G
         b1 = (pid + 1) * NB // G
-    return b0, b1
-
-
-@triton.jit
-def _persist_prefetch(w_ptr, pid, b0, b1, G, N, K: tl.constexpr, BLOCK_N: tl.constexpr, PF_ROWS: tl.constexpr,
-                      PF_LINES: tl.constexpr, LINE_ELEMS: tl.constexpr, INTERLEAVE: tl.constexpr):
-    """L2 prefetch of the first PF_LINES lines of the first PF_ROWS rows of program pid's blocks."""
-    pr = tl.arange(0, PF_ROWS)
-    if INTERLEAVE:
-        pb = tl.minimum(pr // BLOCK_N, b1 - 1)
-        prefetch_rows(w_ptr, (pid + pb * G) * BLOCK_N + pr % BLOCK_N, K, N, PF_LINES, LINE_ELEMS)
-    else:
-        prefetch_rows(w_ptr, tl.minimum(b0 * BLOCK_N + pr, b1 * BLOCK_N - 1), K, N, PF_LINES, LINE_ELEMS)
-
-
-@triton.jit
-def _ln_persist_body(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, prev_ptr, slots_ptr, mix_ptr, xn_ptr,
-                     psrc_ptr, pdst_ptr, pslots_ptr, w_ptr, out_ptr, xrow_ptr, act_ptr,
-                     pid, b0, b1, N, NB, G, spb, smix, sxn, sps, spd, eps,
-                     K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_N: tl.constexpr, NPP: tl.constexpr,
-                     HAS_ACT: tl.constexpr, STAGES: tl.constexpr, HAS_PENDING: tl.constexpr,
-                     INTERLEAVE: tl.constexpr, XCM: tl.constexpr):
-    """``ln_gemv_persist_kernel`` after its wait: program pid's blocks (``_persist_range``)."""
+    if USE_PDL and PF_LINES > 0:
+        pr = tl.arange(0, PF_ROWS)
+        if INTERLEAVE:
+            pb = tl.minimum(pr // BLOCK_N, b1 - 1)
+            prefetch_rows(w_ptr, (pid + pb * G) * BLOCK_N + pr % BLOCK_N, K, N, PF_LINES, LINE_ELEMS)
+        else:
+            prefetch_rows(w_ptr, tl.minimum(b0 * BLOCK_N + pr, b1 * BLOCK_N - 1), K, N, PF_LINES, LINE_ELEMS)
+    wait_prev(USE_PDL)
     ty = x_ptr.dtype.element_ty
     m = tl.arange(0, 1)
     mmask = m < 1
     slot, mean, rstd = _ln_rows(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, slots_ptr, xn_ptr, psrc_ptr, pdst_ptr,
-                                pslots_ptr, m, mmask, 0, 0, 0, sxn, sps, spd, eps, pid == 0, K, K_PAD, HAS_PENDING,
-                                XCM)
+                                pslots_ptr, m, mmask, 0, 0, 0, sxn, sps, spd, eps, pid == 0, K, K_PAD, HAS_PENDING)
     cc = tl.arange(0, K_PAD)
     kmask = cc < K
     xn, sh = _ln_shift_tile(cc, m, mmask[:, None], slot, mean, rstd, x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr,
-                            prev_ptr, 0, 0, spb, K, K == K_PAD, XCM)
+                            prev_ptr, 0, 0, spb, K, K == K_PAD)
     xn = tl.reshape(xn, [K_PAD])
     diff = tl.reshape(sh, [K_PAD]) - xn
     nn = tl.arange(0, BLOCK_N)
@@ -333,31 +327,6 @@ def _ln_persist_body(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, prev_ptr, slo
         xin = (xn + diff * mix.to(tl.float32)).to(ty).to(tl.float32)
         y = tl.sum(w.to(tl.float32) * xin[None, :], axis=1)
         _act_store(y[None, :], act_ptr, out_ptr, blk, m, n, mmask[:, None] & live, N, 0, HAS_ACT)
-
-
-@triton.jit
-def ln_gemv_persist_kernel(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, prev_ptr, slots_ptr, mix_ptr, xn_ptr,
-                           psrc_ptr, pdst_ptr, pslots_ptr, w_ptr, out_ptr, xrow_ptr, act_ptr,
-                           N, NB, G, spb, smix, sxn, sps, spd, eps,
-                           K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_N: tl.constexpr, NPP: tl.constexpr,
-                           HAS_ACT: tl.constexpr, STAGES: tl.constexpr, HAS_PENDING: tl.constexpr, USE_PDL: tl.constexpr,
-                           PF_ROWS: tl.constexpr, PF_LINES: tl.constexpr, LINE_ELEMS: tl.constexpr,
-                           INTERLEAVE: tl.constexpr):
-    """Grid (G,) (G is also passed), one batch row: ``ln_gemv_kernel``'s result, with program p taking the blocks
-    [p*NB//G, (p+1)*NB//G) of BLOCK_N rows (INTERLEAVE: the blocks p, p + G, ...; balanced to one
-    block between programs either way). The row statistics, the normed row xn and sh - xn (sh: the
-    token-shift row) are made once per program; each block then only loads its mix row (L1) and its
-    [BLOCK_N, K] weights (the whole K at once, pipelined over blocks), with the same roundings as
-    ``_ln_lerp_tile``."""
-    pid = tl.program_id(0)
-    b0, b1 = _persist_range(pid, NB, G, INTERLEAVE)
-    if USE_PDL and PF_LINES > 0:
-        _persist_prefetch(w_ptr, pid, b0, b1, G, N, K, BLOCK_N, PF_ROWS, PF_LINES, LINE_ELEMS, INTERLEAVE)
-    wait_prev(USE_PDL)
-    _ln_persist_body(x_ptr, res_ptr, newres_ptr, lnw_ptr, lnb_ptr, prev_ptr, slots_ptr, mix_ptr, xn_ptr,
-                     psrc_ptr, pdst_ptr, pslots_ptr, w_ptr, out_ptr, xrow_ptr, act_ptr,
-                     pid, b0, b1, N, NB, G, spb, smix, sxn, sps, spd, eps,
-                     K, K_PAD, BLOCK_N, NPP, HAS_ACT, STAGES, HAS_PENDING, INTERLEAVE, "")
 
 def ln_prologue_args(x, res, ln_w, ln_b, x_prev, slots, mix, out, new_res, xn_out, pending):
     """Checks shared by the kernels that use ``_ln_rows``; (src, pool, slots) of the pending copy
