@@ -84,15 +84,13 @@ def tmix_lora_step_kernel(rkvh_ptr, state_ptr, slots_ptr, out_ptr, vf_ptr,
     a0 = tl.load(a0_ptr + ch)
     if HAS_VRES:
         v0 = tl.load(v0_ptr + ch)
-    if EARLY_STATE:
-        slot = tl.load(slots_ptr + b).to(tl.int64)
-        s_ptrs = state_ptr + (slot * H + h) * (N * N) + i[:, None] * N + j[None, :]
-        S = tl.load(s_ptrs)
-    wait_prev(USE_PDL)
     if not EARLY_STATE:
-        slot = tl.load(slots_ptr + b).to(tl.int64)
-        s_ptrs = state_ptr + (slot * H + h) * (N * N) + i[:, None] * N + j[None, :]
-        S = tl.load(s_ptrs)
+        wait_prev(USE_PDL)
+    slot = tl.load(slots_ptr + b).to(tl.int64)
+    s_ptrs = state_ptr + (slot * H + h) * (N * N) + i[:, None] * N + j[None, :]
+    S = tl.load(s_ptrs)
+    if EARLY_STATE:
+        wait_prev(USE_PDL)
     row = rkvh_ptr + b * s_rb
     r = tl.load(row + h * N + j).to(tl.float32)
     k = tl.load(row + C + h * N + j).to(tl.float32)
