@@ -106,6 +106,11 @@ def _drop(m: RWKV7Fast, kind: str) -> None:
         raise ValueError(f"drop_{kind}: expected win, tmix, wo, key or value")
 
 
+# variants that set one rwkvrt.models.rwkv7_fast knob: name -> (knob, value)
+FAST_VARIANTS = {"head_gemv": ("HEAD_LN", False), "head_tiled": ("HEAD_PERSIST", False),
+                 "tmix_early": ("TMIX_EARLY_STATE", True)}
+
+
 def _knobs(parts: list[str], names: dict[str, str]) -> dict[str, int]:
     """{names[key]: N} for variant parts "<key><N>" (e.g. ["bn8", "st2"]); an unknown key or a part
     without its number raises (a variant this script does not know)."""
@@ -131,14 +136,10 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
     sp_knobs = (sparse_mod.STAGES, sparse_mod.NUM_WARPS, sparse_mod.BLOCK_K, getattr(m, "_sparse_scratch", None),
                 sparse_mod.REDUCE_ELEMS)
     saved_ops = dict(vars(m.ops))
-    fast_knobs = (fast_mod.HEAD_LN, fast_mod.HEAD_PERSIST, fast_mod.TMIX_EARLY_STATE)
+    fast_knobs = {name: getattr(fast_mod, name) for name, _ in FAST_VARIANTS.values()}
     try:
-        if v == "head_gemv":
-            fast_mod.HEAD_LN = False
-        elif v == "head_tiled":
-            fast_mod.HEAD_PERSIST = False
-        elif v == "tmix_early":
-            fast_mod.TMIX_EARLY_STATE = True
+        if v in FAST_VARIANTS:
+            setattr(fast_mod, *FAST_VARIANTS[v])
         if v == "ffn_noskip":
             sparse_mod.SKIP = False
         elif (v in ("ffn_dense", "pp512_dense") or v.startswith("layer")) and m.ffn_sparse:
@@ -278,7 +279,8 @@ def run_variant(m: RWKV7Fast, v: str, tg: int, reps: int) -> tuple[float, list[i
         if scratch is not None:
             m._ffn_scratch = scratch
         sparse_mod.SKIP = True
-        fast_mod.HEAD_LN, fast_mod.HEAD_PERSIST, fast_mod.TMIX_EARLY_STATE = fast_knobs
+        for name, val in fast_knobs.items():
+            setattr(fast_mod, name, val)
         if m.ffn_sparse:
             for p in m.layers:
                 p.ffn_value = None

@@ -65,8 +65,8 @@ def short(name: str) -> str:
     return name.split("(")[0].replace("_kernel", "")[:40]
 
 
-def analyse(rep, n_layers: int):
-    """Per-kernel rows (name, d_end, span, early) and the layer-periodic grouping."""
+def analyse(rep):
+    """Per-kernel rows (name, d_end, span, early), in launch order."""
     rows = []
     prev_end = rep[0][1]
     for name, s, e in rep:
@@ -109,7 +109,7 @@ def main() -> None:
             continue
         spans = [rp[-1][2] - rp[0][1] for rp in reps]
         best = reps[spans.index(min(spans))]
-        rows = analyse(best, cfg.n_layer)
+        rows = analyse(best)
         n = len(rows)
         print(f"\n## {shape} on {props.name}: {n} kernels a step, traced span {min(spans):.1f} us "
               f"(median {statistics.median(spans):.1f}); untraced replay {t_gpu:.1f} us ({1e6 / t_gpu:.0f} tok/s)")
